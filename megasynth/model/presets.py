@@ -1,0 +1,93 @@
+"""Llama-3-architecture presets: a table of named shapes (torch-free).
+
+All presets share the Llama-3 recipe: RMSNorm (eps 1e-5), SwiGLU MLP, RoPE with base 500,000,
+grouped-query attention, no linear biases, untied input/output embeddings. ``llama3-1b``,
+``llama3-3b`` and ``llama3-8b`` follow the published Llama-3.2-1B, Llama-3.2-3B and Llama-3.1-8B shapes
+(layers, hidden, FFN, heads, KV groups, RoPE base, vocab 128,256) except that embeddings are untied
+here; ``llama3-100m``/``llama3-300m`` are scaled-down members of the family used by the study; the
+``llama3-tiny``/``llama3-micro`` presets are CPU-sized for the quickstart and tests.
+
+The vocabulary is a property of the tokenizer, not of the preset: the model pads the tokenizer's
+vocabulary to a multiple of 128 (Megatron's ``make_vocab_size_divisible_by``), and the counts below
+take ``vocab_size`` as an argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    """KV heads (grouped-query attention groups)."""
+    rotary_base: int = 500_000
+    vocab_size: int = 128_256
+    """Published vocabulary (Llama-3 tokenizer); the trained model uses its tokenizer's."""
+    max_position_embeddings: int = 8192
+    norm_epsilon: float = 1e-5
+
+    @property
+    def kv_channels(self) -> int:
+        """Head dimension ``hidden_size / num_attention_heads``."""
+        return self.hidden_size // self.num_attention_heads
+
+    def non_embedding_params(self) -> int:
+        """Parameters outside the input and output embeddings (N in Kaplan et al. 2020).
+
+        Per layer: Q and O projections ``2·h²``, K and V ``2·h·g·d`` (g KV groups of head dim d),
+        SwiGLU MLP ``3·h·f``, two RMSNorm weights ``2·h``; plus the final RMSNorm ``h``.
+        """
+        h, f, d, g = self.hidden_size, self.ffn_hidden_size, self.kv_channels, self.num_query_groups
+        per_layer = 2 * h * h + 2 * h * g * d + 3 * h * f + 2 * h
+        return self.num_layers * per_layer + h
+
+    def total_params(self, vocab_size: int | None = None) -> int:
+        """Non-embedding parameters plus untied input and output embeddings ``2·V·h``."""
+        v = self.vocab_size if vocab_size is None else vocab_size
+        return self.non_embedding_params() + 2 * v * self.hidden_size
+
+    def train_flops_per_token(self, seq_length: int, vocab_size: int | None = None) -> float:
+        """Training FLOPs per token: ``6·N + 6·n_layer·n_ctx·d_attn`` (forward + backward).
+
+        Source: Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1
+        (C_forward ≈ 2N + 2·n_layer·n_ctx·d_attn; training ≈ 3× forward). N here includes the
+        output embedding (logits matmul) but not the input embedding lookup.
+        """
+        v = self.vocab_size if vocab_size is None else vocab_size
+        n = self.non_embedding_params() + v * self.hidden_size
+        return 6.0 * n + 6.0 * self.num_layers * seq_length * self.hidden_size
+
+
+PRESETS: dict[str, LlamaShape] = {
+    # CPU-sized: tests (head_dim 32) and the quickstart (head_dim 64).
+    "llama3-micro": LlamaShape(num_layers=2, hidden_size=64, ffn_hidden_size=192, num_attention_heads=2,
+                               num_query_groups=1, max_position_embeddings=1024),
+    "llama3-tiny": LlamaShape(num_layers=4, hidden_size=256, ffn_hidden_size=768, num_attention_heads=4,
+                              num_query_groups=2, max_position_embeddings=2048),
+    # Study ladder.
+    "llama3-100m": LlamaShape(num_layers=12, hidden_size=768, ffn_hidden_size=2048, num_attention_heads=12,
+                              num_query_groups=4),
+    "llama3-300m": LlamaShape(num_layers=24, hidden_size=1024, ffn_hidden_size=2816, num_attention_heads=16,
+                              num_query_groups=8),
+    # Published shapes: Llama-3.2-1B, Llama-3.2-3B, Llama-3.1-8B.
+    "llama3-1b": LlamaShape(num_layers=16, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=32,
+                            num_query_groups=8),
+    "llama3-3b": LlamaShape(num_layers=28, hidden_size=3072, ffn_hidden_size=8192, num_attention_heads=24,
+                            num_query_groups=8),
+    "llama3-8b": LlamaShape(num_layers=32, hidden_size=4096, ffn_hidden_size=14336, num_attention_heads=32,
+                            num_query_groups=8),
+}
+
+
+def get_preset(name: str) -> LlamaShape:
+    """Return the named shape; raise :class:`~megasynth.utils.MegasynthError` for an unknown name."""
+    from megasynth.utils import MegasynthError
+
+    if name not in PRESETS:
+        raise MegasynthError(f"model.preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return PRESETS[name]
