@@ -170,7 +170,15 @@ class TrainConfig:
 @dataclass
 class ReportConfig:
     fit_min_points: int = 3
-    """Minimum budgets per (mixture, eval set) to fit the data law."""
+    """Minimum budgets per (mixture, eval set) to fit the data law (at least 3)."""
+    bootstrap: int = 200
+    """Bootstrap resamples (of points) for each fit's confidence intervals."""
+    ci_level: float = 0.95
+    """Two-sided confidence level of the bootstrap percentile intervals."""
+    fit_loss: Literal["huber", "linear"] = "huber"
+    """Objective on log L: Huber (Hoffmann et al. 2022) or plain least squares."""
+    huber_delta: float = 1e-3
+    """Huber δ on log-loss residuals (Hoffmann et al. 2022 use 1e-3)."""
 
 
 @dataclass
@@ -305,6 +313,13 @@ class StudyConfig:
             raise MegasynthError("train.min_lr: must satisfy 0 <= min_lr <= lr and lr > 0")
         if t.lr_warmup_iters < 0 or t.lr_warmup_iters >= t.train_iters:
             raise MegasynthError("train.lr_warmup_iters: must be in [0, train_iters)")
+        r = self.report
+        if r.bootstrap < 0:
+            raise MegasynthError("report.bootstrap: must be >= 0")
+        if not 0 < r.ci_level < 1:
+            raise MegasynthError(f"report.ci_level: must be in (0, 1), got {r.ci_level}")
+        if r.huber_delta <= 0:
+            raise MegasynthError("report.huber_delta: must be > 0")
         if self.model.transformer_impl == "local" and self.model.precision == "fp8":
             raise MegasynthError("model.precision: fp8 needs model.transformer_impl: transformer_engine")
 

@@ -1,0 +1,104 @@
+"""PNG plots of the report, drawn with matplotlib's Agg canvas (no display, no global pyplot state).
+
+Each function writes one PNG atomically. Series are keyed by a label (``mixture`` or
+``mixture (preset)``); colours are assigned in the order of ``labels`` so a mixture has the same colour
+in every plot.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from megasynth.utils import atomic_path
+
+DPI = 120
+
+
+def _colors(labels: list[str], palette: str | None = None) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps[palette or ("tab10" if len(labels) <= 10 else "tab20")]
+    return {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+
+
+def plot_loss_vs_tokens(path: Path, labels: list[str], eval_sets: list[str],
+                        points: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+                        curves: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]], title: str) -> None:
+    """One panel per eval set; one line per series: measured loss vs tokens (log x), fit dashed.
+
+    Args:
+        points: ``(label, eval_set) -> (D [n] tokens, L [n] nats)``, sorted by D.
+        curves: ``(label, eval_set) -> predict(D)`` of the fitted law, drawn over the fitted D range.
+    """
+    ncols = min(len(eval_sets), 3)
+    nrows = math.ceil(len(eval_sets) / ncols)
+    fig = Figure(figsize=(5.2 * ncols, 4.0 * nrows + 0.6), layout="constrained")
+    colors = _colors(labels)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, es in zip(axes, eval_sets):
+        for lab in labels:
+            if (lab, es) not in points:
+                continue
+            D, L = points[(lab, es)]
+            ax.plot(D, L, "o-", color=colors[lab], lw=1.6, ms=4, label=lab)
+            if (lab, es) in curves and len(D):
+                grid = np.geomspace(D.min(), D.max(), 100)
+                ax.plot(grid, curves[(lab, es)](grid), "--", color=colors[lab], lw=1.2, alpha=0.9)
+        ax.set_xscale("log")
+        ax.set_title(f"eval set: {es}")
+        ax.set_xlabel("training tokens D")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[len(eval_sets):]:
+        ax.set_visible(False)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="gray", ls="--"))
+        names.append("fit E + B·D^(−β)")
+        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 6), frameon=False)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_final_loss(path: Path, labels: list[str], eval_sets: list[str], loss: dict[tuple[str, str], float],
+                    title: str) -> None:
+    """Grouped bars: final held-out loss per series (x) and eval set (bar colour); values printed.
+
+    The y axis starts just below the smallest loss (stated in the axis label) so differences of a few
+    hundredths of a nat stay visible.
+    """
+    fig = Figure(figsize=(max(5.0, 1.1 * len(labels) * max(1, len(eval_sets)) * 0.6 + 2), 4.2),
+                 layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(eval_sets))
+    x = np.arange(len(labels))
+    vals = [v for v in loss.values() if math.isfinite(v)]
+    es_colors = _colors(eval_sets, "Set2")  # not the mixtures' palette: bars are coloured by eval set
+    for j, es in enumerate(eval_sets):
+        ys = np.array([loss.get((lab, es), float("nan")) for lab in labels])
+        bars = ax.bar(x + (j - (len(eval_sets) - 1) / 2) * width, ys, width, label=es, color=es_colors[es])
+        ax.bar_label(bars, labels=[f"{y:.3f}" if math.isfinite(y) else "" for y in ys], fontsize=7, padding=2)
+    if vals:
+        lo, hi = min(vals), max(vals)
+        span = max(hi - lo, 0.02 * hi)
+        ax.set_ylim(max(0.0, lo - 0.6 * span), hi + 0.35 * span)
+    ax.set_xticks(x, labels, rotation=20 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    ax.set_ylabel("held-out loss (nats/token; axis not from 0)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(title="eval set", fontsize=8)
+    _save(fig, path)
