@@ -1,9 +1,10 @@
 """JSONL → Megatron indexed datasets (``.bin``/``.idx``), and the ``preprocess`` stage.
 
 One JSONL record is one document: its text is tokenized (no special tokens), ``eod`` is appended,
-and the ids are written as one document of one sequence with megatron-core's
-``IndexedDatasetBuilder`` — the layout Megatron-LM's ``tools/preprocess_data.py`` writes without
-sentence splitting. Token dtype follows megatron-core ``DType.optimal_dtype(vocab_size)``: uint16
+and the ids are written as one document of one sequence — the bytes megatron-core's
+``IndexedDatasetBuilder`` writes when driven as Megatron-LM's ``tools/preprocess_data.py`` drives it
+without sentence splitting (see :mod:`megasynth.data.engine`; the Megatron-flag tool is
+:mod:`megasynth.data.preprocess_tool`). Token dtype follows megatron-core ``DType.optimal_dtype(vocab_size)``: uint16
 when the vocabulary has fewer than 65,500 ids, else int32. Records whose text yields no tokens are
 skipped (counted as ``empty_documents``). Both files are written under temporary names and renamed
 when complete, ``.bin`` first and ``.idx`` last, so a prefix whose ``.idx`` exists is whole.
@@ -17,10 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-import numpy as np
-
 from megasynth.data.tokenizer import MegasynthTokenizer, load_tokenizer, train_bpe_tokenizer
-from megasynth.utils import MegasynthError, Progress, is_done, mark_done, read_json, read_jsonl, write_json
+from megasynth.utils import MegasynthError, is_done, mark_done, read_json, read_jsonl, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from megasynth.config import StudyConfig
@@ -32,64 +31,19 @@ BATCH_DOCUMENTS = 1000
 """Documents tokenized per ``tokenize_batch`` call."""
 
 
-def _count_lines(paths: list[Path]) -> int:
-    n = 0
-    for p in paths:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                n += block.count(b"\n")
-    return n
-
-
-def _texts(paths: list[Path], json_key: str) -> Iterator[str]:
-    """Yield ``record[json_key]`` of every record; MegasynthError ``file:line`` for bad records."""
-    for path in paths:
-        lineno = 0
-        for rec in read_jsonl(path):
-            # read_jsonl skips blank lines; recover the line number for error messages cheaply.
-            lineno += 1
-            if json_key not in rec:
-                raise MegasynthError(f"{path}:{_line_of(path, lineno)}: missing key {json_key!r}")
-            text = rec[json_key]
-            if not isinstance(text, str):
-                raise MegasynthError(f"{path}:{_line_of(path, lineno)}: {json_key!r} must be a string, "
-                                     f"got {type(text).__name__}")
-            yield text
-
-
-def _line_of(path: Path, record_no: int) -> int:
-    """1-based line number of the ``record_no``-th non-blank line of ``path`` (error path only)."""
-    seen = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                seen += 1
-                if seen == record_no:
-                    return lineno
-    return record_no
-
-
-def _batches(it: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for x in it:
-        batch.append(x)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def preprocess_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str | os.PathLike,
                      tokenizer: MegasynthTokenizer, json_key: str = "text", append_eod: bool = True,
                      batch_size: int = BATCH_DOCUMENTS, log_interval: int = 0, name: str | None = None) -> dict:
     """Tokenize the JSONL files ``paths`` (in order) into ``output_prefix.{bin,idx}``.
 
+    Runs :func:`megasynth.data.engine.run_engine` in this process (the tokenizer's own threads do the
+    parallel work), with ``empty="skip"``: records whose text yields no ids are not written.
+
     Args:
-        paths: JSONL files, one document per record (blank lines ignored).
+        paths: JSONL files (plain, ``.gz``, ``.zst``), one document per record (blank lines ignored).
         output_prefix: Megatron data prefix (path without ``.bin``/``.idx``); parent dirs are created.
         tokenizer: encodes ``record[json_key]``; its ``eod`` ends every document if ``append_eod``.
-        batch_size: documents per ``tokenizer.tokenize_batch`` call.
+        batch_size: unused (work items are ~4 MB blocks of lines); kept for compatibility.
         log_interval: also log progress every this many documents (0: every 10 s only).
         name: label for log lines (default: the prefix's file name).
 
@@ -103,64 +57,28 @@ def preprocess_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str | os
         MegasynthError: missing input file; ``file:line`` for malformed JSON, a record that is not an
             object, lacks ``json_key``, or whose ``json_key`` is not a string.
     """
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+    from megasynth.data.engine import EncodeSpec, optimal_dtype, run_engine
 
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.is_file():
             raise MegasynthError(f"{p}: input file not found")
     output_prefix = Path(output_prefix)
-    output_prefix.parent.mkdir(parents=True, exist_ok=True)
     label = name or output_prefix.name
-    dtype = DType.optimal_dtype(tokenizer.vocab_size)
-    eod = tokenizer.eod
-    tmp_prefix = output_prefix.parent / f".{output_prefix.name}.tmp{os.getpid()}"
-    tmp_bin, tmp_idx = Path(f"{tmp_prefix}.bin"), Path(f"{tmp_prefix}.idx")
-
-    total_docs = _count_lines(paths)
-    start = time.monotonic()
-    progress = Progress(f"tokenize {label}", total=total_docs, unit="docs")
-    docs = empty = tokens = nbytes = seen = 0
-    next_log = log_interval
-    if log_interval:
-        batch_size = max(1, min(batch_size, log_interval))
-    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
-    try:
-        for batch in _batches(_texts(paths, json_key), batch_size):
-            for text, ids in zip(batch, tokenizer.tokenize_batch(batch)):
-                nbytes += len(text.encode("utf-8"))
-                if not ids:
-                    empty += 1
-                    continue
-                if append_eod:
-                    ids.append(eod)
-                builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
-                docs += 1
-                tokens += len(ids)
-            seen += len(batch)
-            progress.update(len(batch))
-            if log_interval and seen >= next_log:
-                el = time.monotonic() - start
-                logger.info("tokenize %s: %d/%d docs, %d tokens (%.0f tokens/s)", label, seen, total_docs,
-                            tokens, tokens / max(el, 1e-9))
-                next_log = (seen // log_interval + 1) * log_interval
-        builder.finalize(str(tmp_idx))
-        os.replace(tmp_bin, f"{output_prefix}.bin")
-        os.replace(tmp_idx, f"{output_prefix}.idx")
-    except BaseException:
-        builder.data_file.close()
-        for p in (tmp_bin, tmp_idx):
-            p.unlink(missing_ok=True)
-        raise
-    wall = max(time.monotonic() - start, 1e-9)
-    progress.close()
-    stats = {"documents": docs, "empty_documents": empty, "tokens": tokens, "bytes": nbytes,
-             "tokenizer": tokenizer.name, "tokenizer_sha": tokenizer.unique_identifiers.get("sha"),
-             "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name, "append_eod": append_eod,
-             "inputs": [str(p) for p in paths], "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 1)}
-    logger.info("tokenized %s: %d docs (%d empty), %d tokens, %.0f tokens/s -> %s", label, docs, empty, tokens,
-                stats["tokens_per_s"], output_prefix)
-    if docs == 0:
+    dtype = optimal_dtype(tokenizer.vocab_size)
+    spec = EncodeSpec(tokenize_batch=tokenizer.tokenize_batch, eod=tokenizer.eod, dtype=dtype, keys=(json_key,),
+                      append_eod=append_eod, empty="skip")
+    st = run_engine(paths, {json_key: output_prefix}, spec, workers=1, log_every_docs=log_interval,
+                    label=f"tokenize {label}")
+    ks = st["keys"][json_key]
+    stats = {"documents": ks["documents"], "empty_documents": ks["empty_documents"], "tokens": ks["tokens"],
+             "bytes": ks["text_bytes"], "tokenizer": tokenizer.name,
+             "tokenizer_sha": tokenizer.unique_identifiers.get("sha"), "vocab_size": tokenizer.vocab_size,
+             "dtype": dtype.name, "append_eod": append_eod, "inputs": [str(p) for p in paths],
+             "wall_s": st["wall_s"], "tokens_per_s": st["tokens_per_s"]}
+    logger.info("tokenized %s: %d docs (%d empty), %d tokens, %.0f tokens/s -> %s", label, stats["documents"],
+                stats["empty_documents"], stats["tokens"], stats["tokens_per_s"], output_prefix)
+    if stats["documents"] == 0:
         logger.warning("tokenized %s: no documents with tokens", label)
     return stats
 

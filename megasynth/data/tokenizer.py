@@ -26,13 +26,15 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from megatron.core.tokenizers import MegatronTokenizerBase
 
+from megasynth.data.llama3_bpe import (  # noqa: F401 - re-exported
+    _LLAMA3_SPECIALS, _LONG_RUN, _MAX_NO_WHITESPACES_CHARS, _TIKTOKEN_MAX_ENCODE_CHARS, LLAMA3_NUM_RESERVED_SPECIAL_TOKENS,
+    LLAMA3_PAT_STR, _bytes_to_unicode, _split_whitespaces_or_nonwhitespaces, llama3_model_path)
 from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,22 +52,6 @@ BPE_SPECIAL_TOKENS = (BOS_TOKEN, EOD_TOKEN, PAD_TOKEN)
 META_FILE = "megasynth_tokenizer.json"
 """Metadata file beside the saved tokenizer: kind, name, special token strings."""
 
-# Llama-3 (llama_models/llama3/tokenizer.py): pre-tokenisation regex, special tokens, and the
-# limits that keep tiktoken from panicking on very long inputs (tiktoken issue #195).
-LLAMA3_PAT_STR = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-    r"\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-LLAMA3_NUM_RESERVED_SPECIAL_TOKENS = 256
-_LLAMA3_SPECIALS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-    "<|eot_id|>", "<|python_tag|>", "<|image|>",
-]
-_TIKTOKEN_MAX_ENCODE_CHARS = 400_000
-_MAX_NO_WHITESPACES_CHARS = 25_000
-# A run llama_models would split (``\s`` and ``str.isspace`` share CPython's Unicode whitespace table).
-_LONG_RUN = re.compile(rf"\S{{{_MAX_NO_WHITESPACES_CHARS + 1}}}|\s{{{_MAX_NO_WHITESPACES_CHARS + 1}}}")
 
 
 def _num_threads() -> int:
@@ -293,51 +279,6 @@ class TiktokenTokenizer(MegasynthTokenizer):
         meta = {"kind": "llama3", "name": self.name, "file": "tokenizer.model", "vocab_size": self.vocab_size}
         with atomic_path(out_dir / META_FILE) as tmp:
             tmp.write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def _split_whitespaces_or_nonwhitespaces(s: str, max_len: int):
-    """Split ``s`` so no piece has more than ``max_len`` consecutive (non-)whitespace characters.
-
-    Same algorithm as ``llama_models.llama3.tokenizer.Tokenizer._split_whitespaces_or_nonwhitespaces``.
-    """
-    cur_len = 0
-    cur_is_space = s[0].isspace() if len(s) > 0 else False
-    start = 0
-    for i in range(len(s)):
-        is_space = s[i].isspace()
-        if cur_is_space ^ is_space:
-            cur_len = 1
-            cur_is_space = is_space
-        else:
-            cur_len += 1
-            if cur_len > max_len:
-                yield s[start:i]
-                start = i
-                cur_len = 1
-    yield s[start:]
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable unicode map (openai/gpt-2 ``encoder.py``)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def llama3_model_path() -> Path:
-    """Path of ``llama_models/llama3/tokenizer.model`` in the installed ``llama-models`` package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llama_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise MegasynthError("tokenizer.type: llama3 needs the llama-models package (pip install llama-models)")
-    return Path(list(spec.submodule_search_locations)[0]) / "llama3" / "tokenizer.model"
 
 
 # --------------------------------------------------------------------------------------------------
