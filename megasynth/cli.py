@@ -4,6 +4,10 @@ Stages: corpora, generate, preprocess, mix, train, evaluate, report; ``run`` run
 skipping what is complete. Trailing ``key=value`` arguments override study-file fields with dotted
 paths (``train.train_iters=20``, ``mixtures.0.sources.sotu=1.0``).
 
+Analysis of any results table (one machine or a cluster sweep) runs outside a study:
+``megasynth fit TABLE --law chinchilla ...`` and ``megasynth analyze {optimal-ratio,efficiency,unigrams,
+generators} ...`` (see :mod:`megasynth.analysis.cli`).
+
 Exit codes: 0 success, 2 bad input (one-line error naming the field or ``file:line``), 1 other errors.
 """
 
@@ -29,6 +33,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megasynth", description=__doc__.split("\n\n")[0])
+    parser.epilog = "also: " + "; ".join(f"megasynth {k} ... ({v})" for k, v in ANALYSIS_COMMANDS.items())
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -39,7 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ANALYSIS_COMMANDS = {
+    "fit": "fit scaling laws (data, rectified, Chinchilla) to a results table (CSV/Parquet)",
+    "analyze": "optimal ratio, compute efficiency, unigram statistics, generator comparison",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ANALYSIS_COMMANDS:
+        from megasynth.analysis.cli import main as analysis_main
+        from megasynth.utils import setup_logging
+
+        setup_logging()
+        return analysis_main(argv)
     args = build_parser().parse_args(argv)
     from megasynth.utils import MegasynthError, setup_logging
 

@@ -211,6 +211,11 @@ def test_run_report_writes_fits_markdown_and_pngs(tmp_path):
     assert f"{f['params']['E']:.3f} [" in md  # fit table
     assert "`qa33` (llama3-tiny) on `wiki`: 2 budget(s)" in md
     assert "6 evaluation(s) at D = 0 (before training)" in md
+    # Extra sections: efficiency vs the natural baseline (one model size: no Chinchilla, no ratio grid).
+    assert "## Compute efficiency vs `natural`" in md and "](speedup.png)" in md
+    assert "## Chinchilla law" not in md and "## Optimal synthetic ratio" not in md
+    eff = json.loads((layout.fits_dir / "efficiency.json").read_text())
+    assert {g["mixture"] for g in eff["groups"]} == {"hq33"}
 
     from matplotlib.image import imread
 

@@ -25,9 +25,9 @@ Method (as Hoffmann et al. 2022, App. D.2, and Besiroglu et al. 2024):
 * **Uncertainty.** Seeded nonparametric bootstrap over points (resample (D, L) pairs with
   replacement, refit, percentile interval of each parameter).
 
-Future laws (Chinchilla L(N, D) = E + A/N^α + B/D^β on (N, D); the rectified law
-L(D) = B/(D_l + D^β) + E of Lin et al. 2024) slot in as further :class:`LawSpec` subclasses: the
-optimiser, the bootstrap and :class:`LawFit` are law-agnostic.
+Also here: the **rectified law** L(D) = B/(D_l + D^β) + E (Lin et al. 2024), as :class:`RectifiedLaw`
+with the same optimiser and bootstrap. The Chinchilla law L(N, D) is fitted by its published
+procedure (L-BFGS from a 4,500-point grid) in :mod:`megasynth.analysis.chinchilla`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from scipy.optimize import least_squares
 
 from megasynth.utils import MegasynthError
 
-__all__ = ["LawSpec", "DataLaw", "LawFit", "DataLawFit", "fit_law", "fit_data_law"]
+__all__ = ["LawSpec", "DataLaw", "RectifiedLaw", "LawFit", "DataLawFit", "RectifiedLawFit", "fit_law", "fit_data_law",
+           "fit_rectified_law", "LAWS"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,6 +176,82 @@ class DataLaw(LawSpec):
                 f"need at least 3 distinct D values to fit E, B, beta; got {np.unique(X).size}")
 
 
+class RectifiedLaw(LawSpec):
+    """L(D) = B / (D_l + D^β) + E (Lin et al. 2024, "Selecting Large Language Model to Fine-tune via
+    Rectified Scaling Law"; used by SynthLLM, Qin et al. 2025). ``D_l`` ("pre-learned data size")
+    bends the curve flat at small D; D_l → 0 recovers the data law.
+
+    θ = (E, log B', log D_l', β) with D centred at D_ref (geometric mean): with x = D / D_ref,
+    L = B'/(D_l' + x^β) + E, B = B'·D_ref^β, D_l = D_l'·D_ref^β. ``X`` is ``[n]`` tokens.
+    """
+
+    name = "rectified"
+    formula = "L(D) = B / (D_l + D^beta) + E"
+    param_names = ("E", "B", "D_l", "beta")
+    theta_names = ("E", "log_B_ref", "log_D_l_ref", "beta")
+    input_name = "D"
+    BETA_MAX = 3.0
+
+    @classmethod
+    def for_data(cls, X: np.ndarray) -> "RectifiedLaw":
+        return cls({"D_ref": float(np.exp(np.mean(np.log(X))))})
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([0.0, -50.0, -30.0, 0.0]), np.array([1e4, 50.0, 30.0, self.BETA_MAX])
+
+    def _x(self, X: np.ndarray) -> np.ndarray:
+        return np.log(np.asarray(X, dtype=np.float64) / self.ref["D_ref"])
+
+    def log_predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        E, b, l, beta = theta
+        s = np.logaddexp(l, beta * self._x(X))
+        return np.log(E + np.exp(b - s))
+
+    def jacobian(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        E, b, l, beta = theta
+        x = self._x(X)
+        s = np.logaddexp(l, beta * x)
+        red = np.exp(b - s)
+        pred = E + red
+        w = red / pred
+        return np.stack([1.0 / pred, w, -w * np.exp(l - s), -w * x * np.exp(beta * x - s)], axis=1)
+
+    def params(self, theta: np.ndarray) -> dict[str, float]:
+        E, b, l, beta = (float(t) for t in theta)
+        lr = beta * math.log(self.ref["D_ref"])
+        return {"E": E, "B": math.exp(b + lr), "D_l": math.exp(l + lr), "beta": beta}
+
+    def theta(self, params: dict[str, float]) -> np.ndarray:
+        beta = params["beta"]
+        lr = beta * math.log(self.ref["D_ref"])
+        return np.array([params["E"], math.log(params["B"]) - lr, math.log(max(params["D_l"], 1e-300)) - lr, beta])
+
+    def starts(self, X: np.ndarray, L: np.ndarray) -> list[np.ndarray]:
+        lo, hi = self.bounds
+        l_min = float(np.min(L))
+        l_ref = float(np.exp(np.mean(np.log(L))))
+        out = []
+        for frac_e in (0.0, 0.5, 0.8):
+            e0 = frac_e * l_min
+            for l0 in (-6.0, -1.0, 0.0, 1.0):
+                b0 = math.log(max(l_ref - e0, 1e-3 * l_ref)) + math.log1p(math.exp(l0))
+                for beta0 in (0.3, 0.7, 1.2):
+                    out.append(np.clip(np.array([e0, b0, l0, beta0]), lo + 1e-9, hi - 1e-9))
+        return out
+
+    @staticmethod
+    def validate_inputs(X: np.ndarray) -> None:
+        if X.ndim != 1:
+            raise MegasynthError(f"D must be a 1-D array of token counts, got shape {X.shape}")
+        bad = np.flatnonzero(~np.isfinite(X) | (X <= 0))
+        if bad.size:
+            raise MegasynthError(f"D must be finite and > 0 (tokens); D[{bad[0]}] = {X[bad[0]]!r}")
+        if np.unique(X).size < 4:
+            raise MegasynthError(
+                f"need at least 4 distinct D values to fit E, B, D_l, beta; got {np.unique(X).size}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Fit results
 # --------------------------------------------------------------------------------------------------
@@ -268,6 +345,22 @@ class DataLawFit(LawFit):
             raise MegasynthError("predict: D must be finite and > 0 (tokens)")
         spec = self.spec
         return np.exp(spec.log_predict(spec.theta(self.params), D.reshape(-1))).reshape(D.shape)
+
+
+@dataclass
+class RectifiedLawFit(LawFit):
+    """Fit of L(D) = B/(D_l + D^β) + E; ``D`` in tokens, losses in nats."""
+
+    _spec_cls: ClassVar[type[LawSpec]] = RectifiedLaw
+
+    def predict(self, D: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Predicted loss (nats) at ``D`` tokens, shape of ``D``."""
+        D = np.asarray(D, dtype=np.float64)
+        if np.any(~np.isfinite(D) | (D <= 0)):
+            raise MegasynthError("predict: D must be finite and > 0 (tokens)")
+        spec = self.spec
+        return np.exp(spec.log_predict(spec.theta(self.params), D.reshape(-1))).reshape(D.shape)
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,3 +495,20 @@ def fit_data_law(D: np.ndarray | Sequence[float], L: np.ndarray | Sequence[float
     """
     return fit_law(DataLaw, np.asarray(D, dtype=np.float64), np.asarray(L, dtype=np.float64), loss=loss,
                    delta=delta, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed, fit_cls=DataLawFit)
+
+
+def fit_rectified_law(D: np.ndarray | Sequence[float], L: np.ndarray | Sequence[float], *,
+                      loss: Literal["huber", "linear"] = "huber", delta: float = 1e-3, n_bootstrap: int = 200,
+                      ci_level: float = 0.95, seed: int = 0) -> RectifiedLawFit:
+    """Fit the rectified law L(D) = B/(D_l + D^β) + E (Lin et al. 2024) — same method as
+    :func:`fit_data_law` (Huber on log L, multi-start, point bootstrap).
+
+    Raises:
+        MegasynthError: fewer than 4 points or distinct budgets, bad D or L, bad options.
+    """
+    return fit_law(RectifiedLaw, np.asarray(D, dtype=np.float64), np.asarray(L, dtype=np.float64), loss=loss,
+                   delta=delta, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed, fit_cls=RectifiedLawFit)
+
+
+LAWS = {"data": (DataLaw, DataLawFit), "rectified": (RectifiedLaw, RectifiedLawFit)}
+"""One-input laws by name: (spec, fit class)."""

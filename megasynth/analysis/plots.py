@@ -102,3 +102,102 @@ def plot_final_loss(path: Path, labels: list[str], eval_sets: list[str], loss: d
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(title="eval set", fontsize=8)
     _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis plots (fits, ratios, speed-ups, unigrams)
+# --------------------------------------------------------------------------------------------------
+def plot_fit_series(path: Path, series: list[dict], title: str, xlabel: str = "training tokens D",
+                    ylabel: str = "loss (nats/token)") -> None:
+    """Data with fitted curves (and optional bands), log x.
+
+    Args:
+        series: dicts with ``label``, ``x [n]``, ``y [n]``, optional ``held_out [n] bool`` (drawn as
+            open markers), ``curve_x [m]``, ``curve_y [m]``, ``band_lo [m]``, ``band_hi [m]``.
+    """
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.subplots()
+    colors = _colors([s["label"] for s in series])
+    for s in series:
+        c = colors[s["label"]]
+        x, y = np.asarray(s["x"]), np.asarray(s["y"])
+        held = np.asarray(s.get("held_out", np.zeros(x.size, dtype=bool)), dtype=bool)
+        ax.plot(x[~held], y[~held], "o", color=c, ms=4, label=s["label"])
+        if held.any():
+            ax.plot(x[held], y[held], "o", mfc="none", color=c, ms=6)
+        if s.get("curve_x") is not None:
+            ax.plot(s["curve_x"], s["curve_y"], "-", color=c, lw=1.2, alpha=0.9)
+            if s.get("band_lo") is not None:
+                ax.fill_between(s["curve_x"], s["band_lo"], s["band_hi"], color=c, alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    if len(series) <= 12:
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_ratio_curves(path: Path, curves: list[dict], title: str) -> None:
+    """Loss vs synthetic ratio per (N, D) group: points, fitted curve, optimum with its interval.
+
+    Args:
+        curves: dicts with ``label``, ``ratio [n]``, ``loss [n]``, ``grid [m]``, ``fit [m]``,
+            ``opt`` (float), ``opt_ci`` ((lo, hi)).
+    """
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.subplots()
+    colors = _colors([c["label"] for c in curves])
+    for c in curves:
+        col = colors[c["label"]]
+        ax.plot(c["ratio"], c["loss"], "o", color=col, ms=4, label=c["label"])
+        ax.plot(c["grid"], c["fit"], "-", color=col, lw=1.2)
+        if c.get("opt") is not None and math.isfinite(c["opt"]):
+            ax.axvline(c["opt"], color=col, ls="--", lw=0.8)
+            lo, hi = c.get("opt_ci", (float("nan"), float("nan")))
+            if math.isfinite(lo) and math.isfinite(hi):
+                ax.axvspan(lo, hi, color=col, alpha=0.1)
+    ax.set_xlabel("synthetic ratio")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_speedups(path: Path, labels: list[str], values: list[float], lows: list[float], highs: list[float],
+                  title: str) -> None:
+    """Bars of speed-up factors (tokens of the baseline / tokens of the mixture) with interval whiskers."""
+    fig = Figure(figsize=(max(4.5, 1.0 + 0.9 * len(labels)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    v = np.asarray(values, dtype=np.float64)
+    lo = np.asarray(lows, dtype=np.float64)
+    hi = np.asarray(highs, dtype=np.float64)
+    err = np.vstack([np.where(np.isfinite(lo), v - lo, 0), np.where(np.isfinite(hi), hi - v, 0)])
+    x = np.arange(len(labels))
+    ax.bar(x, np.nan_to_num(v), color="#4c72b0", yerr=np.clip(np.nan_to_num(err), 0, None), capsize=4)
+    ax.axhline(1.0, color="gray", ls="--", lw=0.8)
+    ax.set_xticks(x, labels, rotation=20 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    ax.set_ylabel("speed-up (× fewer tokens to baseline loss)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_rank_frequency(path: Path, dists: dict[str, np.ndarray], title: str) -> None:
+    """Rank–frequency (Zipf) plot, log–log, one line per corpus; ``dists[name]`` = counts ``[V]``."""
+    fig = Figure(figsize=(6.0, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for name, counts in dists.items():
+        c = np.sort(np.asarray(counts, dtype=np.float64)[np.asarray(counts) > 0])[::-1]
+        if c.size:
+            ax.plot(np.arange(1, c.size + 1), c / c.sum(), lw=1.2, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("relative frequency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)

@@ -39,7 +39,7 @@ from megasynth.utils import (MegasynthError, Progress, atomic_path, is_done, mar
 
 logger = logging.getLogger("megasynth.analysis")
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 """Bumped when the report's content or format changes, so reruns regenerate old reports."""
 
 LOSS_PLOT = "loss_vs_tokens.png"
@@ -124,6 +124,8 @@ def _inputs_hash(cfg: StudyConfig, layout: StudyLayout, mixtures: list[str], opt
     for name in mixtures:
         p = layout.mixture(name)
         h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b"<missing>"))
+    unigrams = layout.fits_dir / "unigrams.json"
+    h.update(unigrams.read_bytes() if unigrams.exists() else b"<no unigrams>")
     d = cfg.to_dict()
     h.update(json.dumps({"v": REPORT_VERSION, "name": d["name"], "seed": d["seed"], "report": d["report"],
                          "mixtures": d["mixtures"], "natural": cfg.natural_sources, "options": options},
@@ -341,6 +343,13 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     md += ["", f"![loss vs tokens]({LOSS_PLOT})", "",
            "Solid: measured held-out loss at each evaluation; dashed: fitted data law over the fitted range.", ""]
 
+    from megasynth.analysis.report_sections import extra_sections
+
+    extra_md, extra_files = extra_sections(rows, layout.fits_dir, report_dir, baseline,
+                                           n_bootstrap=fit_opts["n_bootstrap"], seed=cfg.seed,
+                                           ci_level=fit_opts["ci_level"])
+    md += extra_md
+
     notes = [f"- `{lab}` on `{es}`: {n} evaluation(s) with a non-finite loss (diverged?) left out"
              for (lab, es), n in sorted(dropped.items())]
     if n_zero:
@@ -352,5 +361,5 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     with atomic_path(md_path) as tmp:
         tmp.write_text("\n".join(md), encoding="utf-8")
     mark_done(md_path, {"inputs_sha256": digest, "fits": len(fit_records), "skipped": len(skipped),
-                        "outputs": [str(p.relative_to(layout.root)) for p in outputs]})
+                        "outputs": [str(p.relative_to(layout.root)) for p in outputs + extra_files]})
     logger.info("wrote %s (+ %s, %s) and %s", md_path, LOSS_PLOT, BAR_PLOT, fits_path)
