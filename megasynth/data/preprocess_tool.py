@@ -140,9 +140,11 @@ def run(args) -> list[dict]:
         make_splitter = lambda: megatron_sentence_splitter(args.lang, args.keep_newlines)  # noqa: E731
         make_splitter()  # fail early (and write punkt_tab) in the parent
     dtype = optimal_dtype(tok.vocab_size)
-    spec = EncodeSpec(tokenize_batch=tok.tokenize_batch, eod=tok.eod, dtype=dtype, keys=tuple(args.json_keys),
-                      append_eod=args.append_eod, empty=args.empty, skip_bad=args.skip_bad,
-                      make_splitter=make_splitter)
+    plain = tok.encode_plain is not None
+    spec = EncodeSpec(tokenize_batch=tok.encode_plain if plain else tok.tokenize_batch, eod=tok.eod, dtype=dtype,
+                      keys=tuple(args.json_keys), append_eod=args.append_eod, empty=args.empty,
+                      skip_bad=args.skip_bad, make_splitter=make_splitter,
+                      prefix=tok.prefix if plain else (), suffix=tok.suffix if plain else ())
     logger.info("tokenizer %s (%s path): vocab_size %d, eod %d, dtype %s; %d input(s), %d worker(s)",
                 tok.name, tok.fast_path, tok.vocab_size, tok.eod, dtype.name, len(inputs), workers)
     settings = _settings(args)
@@ -169,6 +171,9 @@ def run(args) -> list[dict]:
                 from megasynth.data import engine
 
                 engine._SPEC = spec
+                import gc
+
+                gc.freeze()  # the tokenizer's objects: never scanned (nor their pages copied) in the workers
                 pool = multiprocessing.get_context("fork").Pool(
                     workers, initializer=engine._worker_init,
                     initargs=({"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},))
