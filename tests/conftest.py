@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny randomly initialised HF generator (2-layer Llama, head_dim 32, which vLLM's
+CPU attention backend supports) with a byte-level BPE tokenizer trained in the test on real prose."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep vLLM/torch thread pools to the 2 cores CI has.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+PROSE = [
+    "The river rises in the northern hills and flows south for two hundred miles before it reaches the sea.",
+    "Farmers along its banks grow wheat, barley and beans; the spring floods bring fresh soil every year.",
+    "In the old town a stone bridge of seven arches crosses the water. It was finished in the year 1402.",
+    "Merchants carried wool and salt over the bridge, and the tolls paid for the town's first school.",
+    "Today the valley is known for its orchards. Apples and pears are sent to markets across the country.",
+    "A railway was built beside the river in 1870, and the journey to the coast took only three hours.",
+]
+
+
+def build_tiny_hf_tokenizer(texts: list[str], vocab_size: int = 400):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (specials <pad>, <s>, </s>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def build_tiny_llama_dir(out_dir, tokenizer, seed: int = 0):
+    """Save a random 2-layer ``LlamaForCausalLM`` (hidden 64, 2 heads of 32) and ``tokenizer`` to ``out_dir``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_tokenizer():
+    return build_tiny_hf_tokenizer(PROSE * 4)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tmp_path_factory, tiny_hf_tokenizer):
+    return build_tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), tiny_hf_tokenizer)
