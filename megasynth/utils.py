@@ -91,7 +91,13 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Iterator[dict]:
-    """Stream records from a JSONL file.
+    """Stream records from a JSONL file (see :func:`read_jsonl_numbered` for the errors raised)."""
+    for _, rec in read_jsonl_numbered(path, required):
+        yield rec
+
+
+def read_jsonl_numbered(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
+    """Stream ``(line number, record)`` from a JSONL file, skipping blank lines.
 
     Raises:
         MegasynthError: ``file:line: ...`` for a line that is not a JSON object or lacks a key in
@@ -113,7 +119,7 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Itera
             for key in required:
                 if key not in rec:
                     raise MegasynthError(f"{path}:{lineno}: missing key {key!r}")
-            yield rec
+            yield lineno, rec
 
 
 def marker_path(path: str | os.PathLike) -> Path:

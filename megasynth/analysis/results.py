@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from megasynth.config import StudyConfig
 from megasynth.study.layout import StudyLayout
-from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, marker_path, read_json
+from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, marker_path, read_json, read_jsonl_numbered
 
 logger = logging.getLogger("megasynth.analysis")
 
@@ -90,7 +89,7 @@ def collect_run(run: str, run_dir: Path) -> list[ResultRow]:
         n_params_non_embedding=_int_field(summary["n_params_non_embedding"], f"{summary_path}: n_params_non_embedding"),
         synthetic_ratio=_float_field(summary["synthetic_ratio"], f"{summary_path}: synthetic_ratio"))
     by_key: dict[tuple[int, str], ResultRow] = {}
-    for lineno, rec in _numbered_jsonl(evals_path, EVAL_KEYS):
+    for lineno, rec in read_jsonl_numbered(evals_path, EVAL_KEYS):
         where = f"{evals_path}:{lineno}"
         tokens = _int_field(rec["consumed_tokens"], f"{where}: consumed_tokens")
         if tokens < 0:
@@ -103,26 +102,6 @@ def collect_run(run: str, run_dir: Path) -> list[ResultRow]:
     if not by_key:
         logger.warning("%s: no evaluations recorded", evals_path)
     return list(by_key.values())
-
-
-def _numbered_jsonl(path: Path, required: tuple[str, ...]):
-    """(line number, record) of a JSONL file; errors name ``file:line`` (as :func:`read_jsonl`)."""
-    if not path.exists():
-        raise MegasynthError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MegasynthError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise MegasynthError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            for key in required:
-                if key not in rec:
-                    raise MegasynthError(f"{path}:{lineno}: missing key {key!r}")
-            yield lineno, rec
 
 
 def _inputs_hash(paths: list[Path]) -> str:

@@ -34,7 +34,7 @@ from megatron.core.tokenizers import MegatronTokenizerBase
 
 from megasynth.data.llama3_bpe import (  # noqa: F401 - re-exported
     _LLAMA3_SPECIALS, _LONG_RUN, _MAX_NO_WHITESPACES_CHARS, _TIKTOKEN_MAX_ENCODE_CHARS, LLAMA3_NUM_RESERVED_SPECIAL_TOKENS,
-    LLAMA3_PAT_STR, _bytes_to_unicode, _split_whitespaces_or_nonwhitespaces, llama3_model_path)
+    LLAMA3_PAT_STR, _bytes_to_unicode, _split_whitespaces_or_nonwhitespaces, llama3_model_path, load_llama3_encoding)
 from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -214,28 +214,8 @@ class TiktokenTokenizer(MegasynthTokenizer):
 
     def __init__(self, model_path: str | os.PathLike | None = None) -> None:
         model_path = Path(model_path) if model_path else llama3_model_path()
-        if not model_path.is_file():
-            raise MegasynthError(f"{model_path}: Llama-3 tokenizer.model not found (pip install llama-models)")
-        import base64
-
-        import tiktoken
-
-        ranks: dict[bytes, int] = {}
-        for lineno, line in enumerate(model_path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-            except ValueError:
-                raise MegasynthError(f"{model_path}:{lineno}: not a tiktoken 'base64 rank' line") from None
-        n = len(ranks)
-        specials = _LLAMA3_SPECIALS + [f"<|reserved_special_token_{2 + i}|>"
-                                       for i in range(LLAMA3_NUM_RESERVED_SPECIAL_TOKENS - len(_LLAMA3_SPECIALS))]
-        self.special_tokens = {t: n + i for i, t in enumerate(specials)}
-        self._enc = tiktoken.Encoding(name=model_path.name, pat_str=LLAMA3_PAT_STR, mergeable_ranks=ranks,
-                                      special_tokens=self.special_tokens)
-        self._n_vocab = n + len(specials)
+        self._enc, self.special_tokens = load_llama3_encoding(model_path)
+        self._n_vocab = self._enc.n_vocab
         super().__init__(str(model_path), "llama3", self.special_tokens["<|end_of_text|>"],
                          self.special_tokens["<|begin_of_text|>"], self.special_tokens["<|finetune_right_pad_id|>"],
                          _file_sha(model_path))
