@@ -127,16 +127,24 @@ def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, base
             md += ["", f"![speed-up]({SPEEDUP_PLOT})", ""]
 
     # Optimal ratio
-    ratio = optimal_ratio_table(df, group_by=["preset", "tokens", "eval_set"], n_bootstrap=min(n_bootstrap, 200),
-                                seed=seed, ci_level=ci_level)
+    # One synthetic source at a time: its mixtures with natural data plus the all-natural runs
+    # (mixtures that combine several synthetic sources are not on any single source's ratio axis).
+    parts = []
+    for src in sorted(x for x in df["synthetic_sources"].unique() if x and "+" not in x):
+        sub = df[df["synthetic_sources"].isin([src, ""])].assign(synthetic_source=src)
+        parts.append(sub)
+    ratio_df = pd.concat(parts) if parts else df.iloc[:0].assign(synthetic_source="")
+    ratio = optimal_ratio_table(ratio_df, group_by=["synthetic_source", "preset", "tokens", "eval_set"],
+                                n_bootstrap=min(n_bootstrap, 200), seed=seed, ci_level=ci_level)
     if ratio["groups"]:
         write_json(fits_dir / "optimal_ratio.json", ratio)
         written.append(fits_dir / "optimal_ratio.json")
         md += ["## Optimal synthetic ratio", "",
-               "Quadratic fit of loss against the synthetic share at each (preset, budget, eval set); argmin over "
+               "Quadratic fit of loss against the share of one synthetic source (its mixtures with natural data and "
+               "the all-natural runs) at each (preset, budget, eval set); argmin over "
                f"the measured range; [{ci_level:.0%} CI] = bootstrap over runs.", ""]
-        md += _table(["preset", "tokens", "eval set", "optimal ratio [CI]", "loss at optimum", "interior"],
-                     [[g["preset"], f"{g['tokens']:.3g}", g["eval_set"], _ci(g["opt_ratio"], g["ci"], ".2f"),
+        md += _table(["source", "preset", "tokens", "eval set", "optimal ratio [CI]", "loss at optimum", "interior"],
+                     [[g["synthetic_source"], g["preset"], f"{g['tokens']:.3g}", g["eval_set"], _ci(g["opt_ratio"], g["ci"], ".2f"),
                        _f(g["loss_at_opt"], ".3f"), "yes" if g["interior"] else "no (edge)"] for g in ratio["groups"]])
         plots.plot_ratio_curves(report_dir / RATIO_PLOT, [
             {"label": f"{g['preset']} D={g['tokens']:.3g} {g['eval_set']}", "ratio": g["ratios"], "loss": g["losses"],

@@ -25,7 +25,8 @@ from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, mar
 logger = logging.getLogger("megasynth.analysis")
 
 COLUMNS = ("run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens", "synthetic_ratio",
-           "eval_set", "loss")
+           "eval_set", "loss", "synthetic_sources")
+REQUIRED_COLUMNS = COLUMNS[:-1]  # tables written before ``synthetic_sources`` existed still parse
 SUMMARY_KEYS = ("mixture", "preset", "n_params", "n_params_non_embedding", "synthetic_ratio")
 EVAL_KEYS = ("step", "consumed_tokens", "eval_set", "loss")
 
@@ -44,6 +45,8 @@ class ResultRow:
     synthetic_ratio: float
     eval_set: str
     loss: float
+    synthetic_sources: str = ""
+    """Synthetic sources of the mixture with a non-zero share, ``+``-joined (``""`` for all-natural)."""
 
     @property
     def sort_key(self) -> tuple:
@@ -53,6 +56,12 @@ class ResultRow:
 def run_names(cfg: StudyConfig) -> list[str]:
     """Runs of the study, in study-file order: one per mixture (``runs/<mixture>``)."""
     return [m.name for m in cfg.mixtures]
+
+
+def synthetic_sources_of(cfg: StudyConfig, mixture: str) -> str:
+    """``+``-joined synthetic sources with a non-zero share in ``mixture`` (``""`` if all natural)."""
+    m = next(m for m in cfg.mixtures if m.name == mixture)
+    return "+".join(s for s, r in m.sources.items() if r > 0 and s in cfg.synthetic_sources)
 
 
 def _int_field(value, where: str) -> int:
@@ -68,7 +77,7 @@ def _float_field(value, where: str) -> float:
     return float(value)
 
 
-def collect_run(run: str, run_dir: Path) -> list[ResultRow]:
+def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[ResultRow]:
     """Rows of one finished run from ``run_dir/{summary.json, evals.jsonl}``.
 
     A repeated (step, eval set) — e.g. re-evaluated after a resume — keeps the last occurrence.
@@ -87,7 +96,8 @@ def collect_run(run: str, run_dir: Path) -> list[ResultRow]:
         run=run, mixture=str(summary["mixture"]), preset=str(summary["preset"]),
         n_params=_int_field(summary["n_params"], f"{summary_path}: n_params"),
         n_params_non_embedding=_int_field(summary["n_params_non_embedding"], f"{summary_path}: n_params_non_embedding"),
-        synthetic_ratio=_float_field(summary["synthetic_ratio"], f"{summary_path}: synthetic_ratio"))
+        synthetic_ratio=_float_field(summary["synthetic_ratio"], f"{summary_path}: synthetic_ratio"),
+        synthetic_sources=synthetic_sources)
     by_key: dict[tuple[int, str], ResultRow] = {}
     for lineno, rec in read_jsonl_numbered(evals_path, EVAL_KEYS):
         where = f"{evals_path}:{lineno}"
@@ -119,7 +129,7 @@ def write_results(path: Path, rows: list[ResultRow]) -> None:
         w.writerow(COLUMNS)
         for r in sorted(rows, key=lambda r: r.sort_key):
             w.writerow([r.run, r.mixture, r.preset, r.n_params, r.n_params_non_embedding, r.tokens,
-                        repr(r.synthetic_ratio), r.eval_set, repr(r.loss)])
+                        repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources])
 
 
 def read_results(path: Path) -> list[ResultRow]:
@@ -133,7 +143,7 @@ def read_results(path: Path) -> list[ResultRow]:
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise MegasynthError(f"{path}:1: missing column(s) {', '.join(missing)}")
         for rec in reader:
@@ -142,7 +152,8 @@ def read_results(path: Path) -> list[ResultRow]:
                 rows.append(ResultRow(
                     run=rec["run"], mixture=rec["mixture"], preset=rec["preset"], n_params=int(rec["n_params"]),
                     n_params_non_embedding=int(rec["n_params_non_embedding"]), tokens=int(rec["tokens"]),
-                    synthetic_ratio=float(rec["synthetic_ratio"]), eval_set=rec["eval_set"], loss=float(rec["loss"])))
+                    synthetic_ratio=float(rec["synthetic_ratio"]), eval_set=rec["eval_set"], loss=float(rec["loss"]),
+                    synthetic_sources=rec.get("synthetic_sources") or ""))
             except (TypeError, ValueError) as e:
                 raise MegasynthError(f"{where}: malformed row ({e})") from None
     return rows
@@ -171,7 +182,7 @@ def run_evaluate(cfg: StudyConfig, layout: StudyLayout) -> None:
         return
     rows: list[ResultRow] = []
     for run in finished:
-        rows.extend(collect_run(run, layout.run_dir(run)))
+        rows.extend(collect_run(run, layout.run_dir(run), synthetic_sources_of(cfg, run)))
     write_results(layout.results, rows)
     mark_done(layout.results, {"inputs_sha256": digest, "runs": finished, "skipped_unfinished": unfinished,
                                "rows": len(rows)})
