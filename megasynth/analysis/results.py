@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -114,8 +115,9 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[Re
     return list(by_key.values())
 
 
-def _inputs_hash(paths: list[Path]) -> str:
-    h = hashlib.sha256()
+def _inputs_hash(paths: list[Path], extra: str = "") -> str:
+    """SHA-256 over the table's columns, ``extra`` (config the rows derive from) and each file's bytes."""
+    h = hashlib.sha256(",".join(COLUMNS).encode() + b"\0" + extra.encode() + b"\0")
     for p in paths:
         h.update(str(p).encode() + b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest() if p.exists() else b"<missing>")
@@ -175,7 +177,7 @@ def run_evaluate(cfg: StudyConfig, layout: StudyLayout) -> None:
     for run in unfinished:
         logger.warning("run %s is not finished (no %s); skipped", run, layout.run_dir(run) / "summary.json")
     inputs = [layout.run_dir(r) / f for r in finished for f in ("summary.json", "evals.jsonl")]
-    digest = _inputs_hash(inputs)
+    digest = _inputs_hash(inputs, json.dumps({r: synthetic_sources_of(cfg, r) for r in finished}, sort_keys=True))
     if layout.results.exists() and is_done(layout.results) and \
             read_json(marker_path(layout.results)).get("inputs_sha256") == digest:
         logger.info("%s is up to date (%d finished runs); skipping", layout.results, len(finished))
