@@ -144,7 +144,8 @@ def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, base
                "the all-natural runs) at each (preset, budget, eval set); argmin over "
                f"the measured range; [{ci_level:.0%} CI] = bootstrap over runs.", ""]
         md += _table(["source", "preset", "tokens", "eval set", "optimal ratio [CI]", "loss at optimum", "interior"],
-                     [[g["synthetic_source"], g["preset"], f"{g['tokens']:.3g}", g["eval_set"], _ci(g["opt_ratio"], g["ci"], ".2f"),
+                     [[g["synthetic_source"], g["preset"], f"{g['tokens']:.3g}", g["eval_set"], (_ci(g["opt_ratio"], g["ci"], ".2f") if len(set(g["ratios"])) > 3
+                        else f"{g['opt_ratio']:.2f} (3 ratios: exact fit, no interval)"),
                        _f(g["loss_at_opt"], ".3f"), "yes" if g["interior"] else "no (edge)"] for g in ratio["groups"]])
         plots.plot_ratio_curves(report_dir / RATIO_PLOT, [
             {"label": f"{g['preset']} D={g['tokens']:.3g} {g['eval_set']}", "ratio": g["ratios"], "loss": g["losses"],
