@@ -350,6 +350,10 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
                                            ci_level=fit_opts["ci_level"])
     md += extra_md
 
+    from megasynth.generate.synthllm.quality import report_section as synthllm_section
+
+    md += synthllm_section(cfg, layout)  # SynthLLM diversity per level (empty unless the source is generated)
+
     notes = [f"- `{lab}` on `{es}`: {n} evaluation(s) with a non-finite loss (diverged?) left out"
              for (lab, es), n in sorted(dropped.items())]
     if n_zero:

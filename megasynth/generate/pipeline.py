@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Callable, Optional
 
 from megasynth.config import StudyConfig
-from megasynth.generate.engine import Completion, Request, VllmEngine, engine_from_config
+from megasynth.generate.engine import Completion, Request, VllmEngine
 from megasynth.generate.filters import REASONS, filter_reason
 from megasynth.generate.model import GeneratorSpec, resolve_generator
 from megasynth.generate.prompts import PROMPT_VERSION, build_prompt, resolve_format
@@ -49,20 +49,27 @@ def run_generate(cfg: StudyConfig, layout: StudyLayout, *,
                  engine_factory: Optional[Callable[[GeneratorSpec], VllmEngine]] = None) -> None:
     """Generate the synthetic corpora ``synthetic/<style>/shard-*.jsonl`` + ``manifest.json``.
 
+    The styles first, then (``generation.synthllm.enabled``) the SynthLLM source on the same engine
+    (:func:`megasynth.generate.synthllm.stage.run_synthllm`).
+
     Args:
         cfg: the study; reads ``cfg.generation``, ``cfg.seed`` and the corpus ``cfg.generation_source``.
         layout: the study's paths.
         engine_factory: builds the engine from the resolved generator (default
-            :func:`~megasynth.generate.engine.engine_from_config`); called at most once, and not at all
-            when every shard is done. Tests pass a factory that returns a shared engine.
+            :func:`~megasynth.generate.engine.engine_from_config`); called at most once per model (the
+            generator; a SynthLLM answer model other than the generator is a second call), and not at
+            all when every shard is done. Tests pass a factory that returns a shared engine.
 
     Raises:
         MegasynthError: missing corpus, bad generator directory, vllm missing, prompt too long.
     """
+    from megasynth.generate.synthllm.stage import EngineCache, run_synthllm, synthllm_done
+
     g = cfg.generation
     styles = list(g.styles)
-    if all(style_done(layout, s) for s in styles):
-        logger.info("generate: all styles done (%s); skipping", ", ".join(styles))
+    synthllm = g.synthllm.enabled
+    if all(style_done(layout, s) for s in styles) and not (synthllm and not synthllm_done(layout)):
+        logger.info("generate: all styles done (%s); skipping", ", ".join(styles + ["synthllm"] * synthllm))
         return
     spec = resolve_generator(g.model, g.model_name)
     from transformers import AutoTokenizer
@@ -75,21 +82,25 @@ def run_generate(cfg: StudyConfig, layout: StudyLayout, *,
     logger.info("generate: %d excerpts of %s -> %d shard(s) of %d per style, generator %s, %s prompts",
                 len(excerpts), cfg.generation_source, n_shards, g.shard_size, spec.name, fmt)
 
-    engine: Optional[VllmEngine] = None
-    for style in styles:
-        if style_done(layout, style):
-            logger.info("generate %s: done; skipping", style)
-            continue
-        clear_done(manifest_path(layout, style))
-        pending = [k for k in range(n_shards) if not is_done(shard_path(layout, style, k))]
-        stats = {"wall_s": 0.0, "new_output_tokens": 0}
-        if pending:
-            if engine is None:
-                engine = (engine_factory or (lambda s: engine_from_config(g, s.path, g.sampling.seed)))(spec)
-            stats = _generate_style(cfg, layout, style, excerpts, pending, tokenizer, fmt, spec, engine)
-        _write_manifest(cfg, layout, style, n_shards, len(excerpts), fmt, spec, engine, stats)
-    if engine is not None and engine_factory is None:
-        engine.shutdown()  # ours: free its processes and memory before the next stage
+    # One engine per model, created lazily on first need and shared by the styles and SynthLLM.
+    engines = EngineCache(g, engine_factory)
+    try:
+        for style in styles:
+            if style_done(layout, style):
+                logger.info("generate %s: done; skipping", style)
+                continue
+            clear_done(manifest_path(layout, style))
+            pending = [k for k in range(n_shards) if not is_done(shard_path(layout, style, k))]
+            stats = {"wall_s": 0.0, "new_output_tokens": 0}
+            engine: Optional[VllmEngine] = engines.engines.get(str(spec.path))
+            if pending:
+                engine = engines.get(spec)
+                stats = _generate_style(cfg, layout, style, excerpts, pending, tokenizer, fmt, spec, engine)
+            _write_manifest(cfg, layout, style, n_shards, len(excerpts), fmt, spec, engine, stats)
+        if synthllm:
+            run_synthllm(cfg, layout, engine_factory=engines.get)
+    finally:
+        engines.close()  # ours (no engine_factory): free its processes and memory before the next stage
 
 
 def _generate_style(cfg, layout, style, excerpts: list[Excerpt], pending: list[int], tokenizer, fmt,
