@@ -66,6 +66,66 @@ class SamplingConfig:
 
 
 @dataclass
+class SynthLLMConfig:
+    """SynthLLM concept-graph synthesis (Qin et al. 2025): source ``synthllm`` (see megasynth.generate.synthllm).
+
+    Reference documents (one seeded excerpt each) pass a heuristic prefilter and a generator rating;
+    the generator lists their concepts; a co-occurrence graph joins concepts across documents; sampled
+    concept combinations (levels 1/2/3) become new questions, and the answer model writes solutions.
+    """
+
+    enabled: bool = False
+    """Generate the ``synthllm`` source (also needs ``generation.enabled``)."""
+    num_documents: int = 32
+    """Candidate reference documents (documents, one excerpt of ``generation.max_input_tokens`` each)."""
+    min_chars: int = 200
+    """Prefilter: excerpts shorter than this many characters are rejected."""
+    max_chars: int = 20000
+    """Prefilter: excerpts longer than this many characters are rejected."""
+    max_symbol_ratio: float = 0.1
+    """Prefilter: reject excerpts whose share of characters that are neither alphanumeric nor whitespace
+    nor common punctuation exceeds this."""
+    min_stopword_ratio: float = 0.05
+    """Prefilter (language): reject excerpts where fewer than this share of words are English stop words."""
+    score: bool = True
+    """Rate each prefiltered excerpt with the generator (1-5); ``false`` selects every prefiltered one."""
+    score_threshold: int = 3
+    """Keep excerpts rated at least this (1-5 scale)."""
+    max_concepts: int = 10
+    """At most this many concepts per document (extraction schema ``maxItems``; extra ones dropped)."""
+    max_concept_chars: int = 48
+    """Longest concept string in characters (extraction schema pattern)."""
+    structured_output: bool = True
+    """Use vLLM structured output (JSON schema) for rating and extraction; a tolerant parser reads the text
+    either way."""
+    samples_per_level: dict[str, int] = field(default_factory=lambda: {"1": 16, "2": 16, "3": 16})
+    """Level (``"1"`` one document, ``"2"`` concept subsets of one document, ``"3"`` graph walks across
+    documents) -> number of concept combinations (questions) to generate."""
+    k_concepts: int = 3
+    """Concepts per level-2/level-3 combination (>= 3 for level 3: a co-occurring pair shares a document)."""
+    walk_max_steps: int = 32
+    """Level 3: walk steps allowed to collect ``k_concepts`` distinct concepts before the walk is dropped."""
+    walk_max_attempts: int = 50
+    """Level 3: walks tried per wanted combination (repeats and single-document walks are discarded)."""
+    reference_tokens: int = 160
+    """Generator tokens of each reference excerpt quoted in question/answer prompts."""
+    question_max_tokens: int = 192
+    """``max_tokens`` of question generation (generator tokens)."""
+    answer_max_tokens: int = 384
+    """``max_tokens`` of answer generation (answer-model tokens); 0 writes questions only."""
+    score_max_tokens: int = 32
+    """``max_tokens`` of the rating request."""
+    extract_max_tokens: int = 256
+    """``max_tokens`` of the concept-extraction request."""
+    answer_model: Optional[str] = None
+    """Local HF model directory of the answer model; ``None`` uses the generator."""
+    answer_model_name: Optional[str] = None
+    """Answer-model name recorded in provenance; default the directory name."""
+    shard_size: Optional[int] = None
+    """Records (requests) per shard for scores, concepts and outputs; ``None`` uses ``generation.shard_size``."""
+
+
+@dataclass
 class GenerationConfig:
     """Synthetic corpora (HQ, QA, TXBK) rephrased/derived from natural documents with an LLM."""
 
@@ -99,6 +159,8 @@ class GenerationConfig:
     """Outputs whose most frequent 4-gram covers more than this fraction of 4-grams are degenerate."""
     keep_truncated: bool = False
     """Keep outputs that hit ``max_tokens`` (``finish_reason == 'length'``); filtered by default."""
+    synthllm: SynthLLMConfig = field(default_factory=SynthLLMConfig)
+    """SynthLLM concept-graph source ``synthllm`` (off by default)."""
 
 
 @dataclass
@@ -132,6 +194,14 @@ class ModelConfig:
     """megatron-core layer spec: ``local`` (pure PyTorch, CPU) or ``transformer_engine`` (GPU)."""
     precision: Literal["fp32", "bf16", "fp16", "fp8"] = "fp32"
     init_method_std: float = 0.02
+    fp8_format: Literal["hybrid", "e4m3"] = "hybrid"
+    """FP8 format through Transformer Engine (``hybrid``: E4M3 forward, E5M2 gradients); precision fp8 only."""
+    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "delayed"
+    """FP8 scaling recipe (Megatron's ``--fp8-recipe``; ``tensorwise`` = current scaling; what TE offers)."""
+    first_last_layers_bf16: bool = False
+    """Keep the first and last ``num_layers_at_start_in_bf16``/``..._end_in_bf16`` layers in bf16 under fp8."""
+    num_layers_at_start_in_bf16: int = 1
+    num_layers_at_end_in_bf16: int = 1
 
 
 @dataclass
@@ -163,8 +233,27 @@ class TrainConfig:
     seed: int = 1234
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    """Model chunks per pipeline rank (interleaved 1F1B); layers must divide by pp * vpp."""
     num_workers: int = 0
     """DataLoader workers."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state and fp32 master weights over data-parallel ranks (ZeRO-1)."""
+    overlap_grad_reduce: bool = False
+    """Overlap the data-parallel gradient all-reduce/reduce-scatter with the backward pass."""
+    overlap_param_gather: bool = False
+    """With the distributed optimizer: overlap the parameter all-gather with the next forward."""
+    sequence_parallel: bool = False
+    """Shard norms/dropout activations along the sequence over TP ranks (needs tensor_model_parallel_size > 1)."""
+    recompute_granularity: Optional[Literal["full", "selective"]] = None
+    """Activation recomputation: ``selective`` (core attention) or ``full`` (whole layers); ``None`` off."""
+    recompute_method: Optional[Literal["uniform", "block"]] = None
+    """For ``full``: ``uniform`` (chunks of ``recompute_num_layers``) or ``block`` (first N layers per stage)."""
+    recompute_num_layers: Optional[int] = None
+    exit_signal_handler: bool = True
+    """On SIGTERM/SIGUSR1, save a checkpoint after the current step and stop (SLURM preemption/time limit)."""
+    peak_tflops: Optional[float] = None
+    """Peak dense TFLOP/s per device for MFU; ``None`` looks the GPU up (H100/H200/A100), no MFU on CPU."""
 
 
 @dataclass
@@ -241,7 +330,9 @@ class StudyConfig:
 
     @property
     def synthetic_sources(self) -> list[str]:
-        return list(self.generation.styles) if self.generation.enabled else []
+        if not self.generation.enabled:
+            return []
+        return list(self.generation.styles) + (["synthllm"] if self.generation.synthllm.enabled else [])
 
     @property
     def eval_sets(self) -> list[str]:
@@ -258,8 +349,8 @@ class StudyConfig:
                 where = f"corpora.{section}[{i}].name"
                 if c.name in names:
                     raise MegasynthError(f"{where}: duplicate corpus name {c.name!r}")
-                if c.name in STYLES:
-                    raise MegasynthError(f"{where}: {c.name!r} is reserved for a synthetic style")
+                if c.name in (*STYLES, "synthllm"):
+                    raise MegasynthError(f"{where}: {c.name!r} is reserved for a synthetic source")
                 names[c.name] = section
                 if c.max_documents is not None and c.max_documents <= 0:
                     raise MegasynthError(f"corpora.{section}[{i}].max_documents: must be > 0")
@@ -277,6 +368,8 @@ class StudyConfig:
                     raise MegasynthError(f"generation.{fname}: must be > 0")
             if g.sampling.max_tokens <= 0:
                 raise MegasynthError("generation.sampling.max_tokens: must be > 0")
+            if g.synthllm.enabled:
+                _validate_synthllm(g.synthllm)
         if self.tokenizer.type == "huggingface" and not (self.tokenizer.path and Path(self.tokenizer.path).is_dir()):
             raise MegasynthError(f"tokenizer.path: tokenizer directory not found: {self.tokenizer.path}")
         if self.tokenizer.type == "bpe" and self.tokenizer.vocab_size < 300:
@@ -313,6 +406,19 @@ class StudyConfig:
             raise MegasynthError("train.min_lr: must satisfy 0 <= min_lr <= lr and lr > 0")
         if t.lr_warmup_iters < 0 or t.lr_warmup_iters >= t.train_iters:
             raise MegasynthError("train.lr_warmup_iters: must be in [0, train_iters)")
+        if t.virtual_pipeline_model_parallel_size is not None and (
+                t.virtual_pipeline_model_parallel_size < 1 or t.pipeline_model_parallel_size < 2):
+            raise MegasynthError("train.virtual_pipeline_model_parallel_size: must be >= 1 and needs "
+                                 "pipeline_model_parallel_size >= 2")
+        if t.sequence_parallel and t.tensor_model_parallel_size < 2:
+            raise MegasynthError("train.sequence_parallel: needs tensor_model_parallel_size >= 2")
+        if t.recompute_granularity == "full" and (t.recompute_method is None or not t.recompute_num_layers):
+            raise MegasynthError("train.recompute_method: full recomputation needs recompute_method and "
+                                 "recompute_num_layers")
+        if t.overlap_param_gather and not t.use_distributed_optimizer:
+            raise MegasynthError("train.overlap_param_gather: needs use_distributed_optimizer: true")
+        if t.peak_tflops is not None and t.peak_tflops <= 0:
+            raise MegasynthError("train.peak_tflops: must be > 0")
         r = self.report
         if r.bootstrap < 0:
             raise MegasynthError("report.bootstrap: must be >= 0")
@@ -322,6 +428,44 @@ class StudyConfig:
             raise MegasynthError("report.huber_delta: must be > 0")
         if self.model.transformer_impl == "local" and self.model.precision == "fp8":
             raise MegasynthError("model.precision: fp8 needs model.transformer_impl: transformer_engine")
+        if self.model.precision == "fp8" and self.model.first_last_layers_bf16 and self.model.fp8_recipe == "delayed":
+            raise MegasynthError("model.first_last_layers_bf16: not supported with fp8_recipe: delayed "
+                                 "(use tensorwise, mxfp8 or blockwise)")
+
+
+def _validate_synthllm(s: SynthLLMConfig) -> None:
+    """Range checks of ``generation.synthllm``; raise :class:`MegasynthError` naming the field."""
+    w = "generation.synthllm"
+    for fname in ("num_documents", "max_chars", "max_concepts", "max_concept_chars", "k_concepts",
+                  "walk_max_steps", "walk_max_attempts", "reference_tokens", "question_max_tokens",
+                  "score_max_tokens", "extract_max_tokens"):
+        if getattr(s, fname) <= 0:
+            raise MegasynthError(f"{w}.{fname}: must be > 0")
+    for fname in ("min_chars", "answer_max_tokens"):
+        if getattr(s, fname) < 0:
+            raise MegasynthError(f"{w}.{fname}: must be >= 0")
+    if s.min_chars > s.max_chars:
+        raise MegasynthError(f"{w}.min_chars: must be <= max_chars")
+    for fname in ("max_symbol_ratio", "min_stopword_ratio"):
+        if not 0 <= getattr(s, fname) <= 1:
+            raise MegasynthError(f"{w}.{fname}: must be in [0, 1], got {getattr(s, fname)}")
+    if not 1 <= s.score_threshold <= 5:
+        raise MegasynthError(f"{w}.score_threshold: must be in 1..5 (rating scale), got {s.score_threshold}")
+    if s.shard_size is not None and s.shard_size <= 0:
+        raise MegasynthError(f"{w}.shard_size: must be > 0")
+    if not s.samples_per_level:
+        raise MegasynthError(f"{w}.samples_per_level: at least one level is required")
+    for lvl, n in s.samples_per_level.items():
+        if lvl not in ("1", "2", "3"):
+            raise MegasynthError(f"{w}.samples_per_level.{lvl}: unknown level (known: 1, 2, 3)")
+        if not isinstance(n, int) or n < 0:
+            raise MegasynthError(f"{w}.samples_per_level.{lvl}: must be an integer >= 0, got {n!r}")
+    if s.samples_per_level.get("3", 0) > 0 and s.k_concepts < 3:
+        raise MegasynthError(f"{w}.k_concepts: must be >= 3 for level 3 (a co-occurring pair shares a document)")
+    if s.samples_per_level.get("2", 0) > 0 and s.k_concepts < 2:
+        raise MegasynthError(f"{w}.k_concepts: must be >= 2 for level 2")
+    if s.answer_model is not None and not Path(s.answer_model).is_dir():
+        raise MegasynthError(f"{w}.answer_model: model directory not found: {s.answer_model}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -113,3 +113,113 @@ def test_transformer_config_precision():
     assert cfg.params_dtype == torch.float32 and cfg.normalization == "RMSNorm" and not cfg.add_bias_linear
     with pytest.raises(MegasynthError, match="fp8"):
         builder.transformer_config(ModelConfig(preset="llama3-tiny", precision="fp8"))
+
+
+def test_published_parameter_counts():
+    """Hand-computed / published counts: Llama-3.1-8B has 8,030,261,248 parameters (untied embeddings);
+    Llama-3.2-1B and -3B publish 1,235,814,400 and 3,212,749,824 with tied embeddings (+V·h untied here)."""
+    v = 128_256
+    b8 = get_preset("llama3-8b")
+    assert b8.non_embedding_params() == 6_979_588_096
+    assert b8.total_params() == 8_030_261_248
+    assert get_preset("llama3-1b").total_params() == 1_235_814_400 + v * 2048
+    assert get_preset("llama3-3b").total_params() == 3_212_749_824 + v * 3072
+    # llama3-100m by hand: 12 x (2·768² + 2·768·4·64 + 3·768·2048 + 2·768) + 768
+    assert get_preset("llama3-100m").non_embedding_params() == 12 * (1_179_648 + 393_216 + 4_718_592 + 1_536) + 768
+
+
+def test_train_flops_per_token_by_hand():
+    """6·(N_non_emb + V·h) + 6·n_layer·n_ctx·d_model (Kaplan et al. 2020, Table 1)."""
+    b8 = get_preset("llama3-8b")
+    assert b8.train_flops_per_token(8192) == 6 * (6_979_588_096 + 128_256 * 4096) + 6 * 32 * 8192 * 4096
+    assert b8.train_flops_per_token(8192) == 51_471_998_976
+    micro = get_preset("llama3-micro")
+    assert micro.train_flops_per_token(64, 512) == 6 * (micro.non_embedding_params() + 512 * 64) + 6 * 2 * 64 * 64
+
+
+def test_layout_independent_init(parallel):
+    """Initial weights depend only on the seed and each tensor's global name, not on torch's RNG state."""
+    import math
+    import zlib
+
+    from megasynth.config import TrainConfig
+
+    t = TrainConfig(seq_length=32, seed=5)
+    cpu_compat.manual_seed(1)
+    a = builder.build_model_chunks(ModelConfig(preset="llama3-micro"), t, VOCAB)
+    cpu_compat.manual_seed(2)
+    b = builder.build_model_chunks(ModelConfig(preset="llama3-micro"), t, VOCAB)
+    for (na, pa), (_, pb) in zip(a[0].named_parameters(), b[0].named_parameters()):
+        assert torch.equal(pa, pb), na
+    emb = a[0].embedding.word_embeddings.weight
+    gen = torch.Generator().manual_seed((5 * 1_000_003 + zlib.crc32(b"embedding.word_embeddings.weight@")) % (2**63 - 1))
+    assert torch.equal(emb, torch.randn(emb.shape, generator=gen) * 0.02)
+    proj = a[0].decoder.layers[1].self_attention.linear_proj.weight
+    assert proj.std().item() == pytest.approx(0.02 / math.sqrt(4), rel=0.1)  # scaled output init
+    assert torch.equal(a[0].decoder.final_layernorm.weight, torch.ones(64))
+
+
+def test_parallel_options_reach_transformer_config():
+    from megasynth.config import TrainConfig
+
+    t = TrainConfig(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    cfg = builder.transformer_config(ModelConfig(preset="llama3-tiny"), train_cfg=t)
+    assert (cfg.recompute_granularity, cfg.recompute_method, cfg.recompute_num_layers) == ("full", "uniform", 1)
+    assert cfg.pipeline_dtype == torch.float32 and not cfg.sequence_parallel
+    with pytest.raises(MegasynthError, match="pipeline_model_parallel_size"):
+        builder.transformer_config(ModelConfig(preset="llama3-micro"), pipeline_model_parallel_size=4)
+    with pytest.raises(MegasynthError, match="tensor_model_parallel_size"):
+        builder.transformer_config(ModelConfig(preset="llama3-micro"), tensor_model_parallel_size=4)
+
+
+def _te_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _te_available(), reason="needs CUDA and Transformer Engine")
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_te_spec_trains_on_gpu(parallel, precision):
+    """TE spec in bf16 and FP8 (hybrid format, current/tensorwise scaling, first/last layer in bf16): a few
+    AdamW steps on one repeated batch lower the loss."""
+    from megasynth.config import TrainConfig
+    from megasynth.train.loop import setup_model_and_optimizer, train_step
+
+    mcfg = ModelConfig(preset="llama3-tiny", transformer_impl="transformer_engine", precision=precision,
+                       fp8_recipe="tensorwise", first_last_layers_bf16=precision == "fp8")
+    t = TrainConfig(seq_length=128, micro_batch_size=4, global_batch_size=4, train_iters=20, lr_warmup_iters=1, lr=1e-3)
+    cfg = builder.transformer_config(mcfg, train_cfg=t)
+    if precision == "fp8":
+        assert cfg.fp8 == "hybrid" and cfg.fp8_recipe == "tensorwise" and cfg.first_last_layers_bf16
+    model, opt, sched = setup_model_and_optimizer(mcfg, t, VOCAB)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, VOCAB, (4, 129), generator=g)
+    batch = {"tokens": x[:, :-1], "labels": x[:, 1:], "position_ids": torch.arange(128).expand(4, -1),
+             "loss_mask": torch.ones(4, 128)}
+    losses = [train_step(model, opt, sched, iter([batch]), 1, 128, 4)[0] for _ in range(8)]
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_activation_recomputation_same_losses(parallel):
+    """Selective (core attention) and full (uniform, 1 layer) recomputation train exactly like no recomputation."""
+    from megasynth.config import TrainConfig
+    from megasynth.train.loop import setup_model_and_optimizer, train_step
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, VOCAB, (2, 33), generator=g)
+    batch = {"tokens": x[:, :-1], "labels": x[:, 1:], "position_ids": torch.arange(32).expand(2, -1),
+             "loss_mask": torch.ones(2, 32)}
+    curves = {}
+    for gran in (None, "selective", "full"):
+        extra = {"recompute_method": "uniform", "recompute_num_layers": 1} if gran == "full" else {}
+        t = TrainConfig(seq_length=32, micro_batch_size=2, global_batch_size=2, train_iters=10, lr_warmup_iters=1,
+                        recompute_granularity=gran, **extra)
+        model, opt, sched = setup_model_and_optimizer(ModelConfig(preset="llama3-micro"), t, VOCAB)
+        assert model[0].config.recompute_granularity == gran
+        curves[gran] = [train_step(model, opt, sched, iter([batch]), 1, 32, 2)[0] for _ in range(3)]
+    assert curves[None][-1] < curves[None][0]
+    assert curves["selective"] == curves[None] and curves["full"] == curves[None]

@@ -4,12 +4,15 @@ metrics, TensorBoard, checkpoints, rerun semantics."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import signal
 
 import pytest
 import torch
 
-from megasynth.config import ModelConfig, StudyConfig
+from megasynth.config import MixtureConfig, ModelConfig, StudyConfig
 from megasynth.study.layout import StudyLayout
 from megasynth.utils import MegasynthError, is_done, mark_done, read_json, read_jsonl, write_json
 
@@ -114,6 +117,10 @@ def test_training_lowers_loss_and_writes_outputs(study, trained):
     first, last = metrics[0]["loss"], sum(m["loss"] for m in metrics[-5:]) / 5
     assert first == pytest.approx(torch.log(torch.tensor(512.0)).item(), abs=0.3)  # uniform at init
     assert last < first - 0.6, (first, last)
+    fpt = shape.train_flops_per_token(SEQ, 512)
+    for m in metrics:  # model TFLOP/s per device from 6N + attention FLOPs/token; no MFU without a peak on CPU
+        assert m["tflops_per_device"] == pytest.approx(fpt * m["tokens_per_s"] / 1e12, rel=1e-3, abs=1e-6)
+        assert m["mfu"] is None and m["peak_mem_gib"] > 0
     lrs = [m["lr"] for m in metrics]
     assert lrs[0] == pytest.approx(1e-3) and lrs[2] == pytest.approx(3e-3) and lrs[-1] == pytest.approx(3e-4)
 
@@ -127,10 +134,25 @@ def test_training_lowers_loss_and_writes_outputs(study, trained):
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/consumed_tokens", "train/tokens_per_s", "eval/wiki/loss"} <= tags
+    assert {"train/loss", "train/lr", "train/consumed_tokens", "train/tokens_per_s", "train/tflops_per_device",
+            "train/peak_mem_gib", "eval/wiki/loss"} <= tags
     assert len(acc.Scalars("train/loss")) == 30
     assert (run / "config.yaml").is_file()
     assert (run / "checkpoints" / "iter_0000030" / "metadata.json").is_file()
+
+
+def test_peak_table_and_mfu():
+    from megasynth.train.metrics import MetricsLogger, peak_tflops
+
+    assert peak_tflops(None, "NVIDIA H100 80GB HBM3") == 989.4
+    assert peak_tflops(None, "NVIDIA H200") == 989.4
+    assert peak_tflops(None, "NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops(250.0, "NVIDIA H100") == 250.0  # override wins
+    assert peak_tflops(None, "Some GPU") is None
+    m = MetricsLogger("unused", "x", 10, 5, enabled=False, flops_per_token=6e9, num_devices=8, peak_tflops=989.4)
+    m.log_step(1, 2.0, 1e-4, 1.0, 1000, 1_000_000, 2.0)  # 500k tokens/s on 8 devices
+    assert m.tflops_per_device == pytest.approx(6e9 * 500_000 / 8 / 1e12)
+    assert m.mfu == pytest.approx(m.tflops_per_device / 989.4)
 
 
 def test_checkpoint_roundtrip_identical_logits(study, trained):
@@ -169,21 +191,121 @@ def test_checkpoint_roundtrip_identical_logits(study, trained):
     assert loss == pytest.approx(trained["final_eval_loss"]["wiki"], abs=1e-4)
 
 
-def test_rerun_skips_done_and_restarts_incomplete(study, trained):
+def test_rerun_skips_done_resumes_or_restarts_incomplete(study, trained):
     from megasynth.train import run_train, train_one
 
     cfg, layout = study
     run = layout.run_dir("hq33")
     assert train_one(cfg, layout, "hq33") == trained  # complete: skipped
-    # Killed mid-run: no marker, leftovers. The rerun wipes and reproduces the same numbers.
-    (run / "summary.json.done").unlink()
-    (run / "stale.txt").write_text("left over")
     cfg.mixtures = [m for m in cfg.mixtures if m.name == "hq33"]
+    # Killed after the final checkpoint, before the summary: resumes there, same numbers, no retraining.
+    (run / "summary.json.done").unlink()
+    run_train(cfg, layout)
+    again = read_json(run / "summary.json")
+    assert again["resumed_from"] == 30
+    assert again["final_train_loss"] == trained["final_train_loss"]
+    assert again["final_eval_loss"] == trained["final_eval_loss"]
+    # Killed without a checkpoint: the directory is wiped and the rerun reproduces the same numbers.
+    (run / "summary.json.done").unlink()
+    shutil.rmtree(run / "checkpoints")
+    (run / "stale.txt").write_text("left over")
     run_train(cfg, layout)
     assert not (run / "stale.txt").exists()
     again = read_json(run / "summary.json")
+    assert again["resumed_from"] is None
     assert again["final_train_loss"] == pytest.approx(trained["final_train_loss"], abs=1e-5)
     assert again["final_eval_loss"]["wiki"] == pytest.approx(trained["final_eval_loss"]["wiki"], abs=1e-5)
+
+
+class _KillAt(logging.Handler):
+    """Sends this process ``signum`` when the console line of ``step`` is logged (a real signal, mid-run)."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__()
+        self.marker, self.signum, self.fired = f"step {step}/", signum, False
+
+    def emit(self, record):
+        if not self.fired and self.marker in record.getMessage():
+            self.fired = True
+            os.kill(os.getpid(), self.signum)
+
+
+def _resume_cfg(cfg: StudyConfig, name: str, **train) -> StudyConfig:
+    cfg = StudyConfig.from_dict(cfg.to_dict())
+    cfg.mixtures = [MixtureConfig(name=name, sources={"sotu": 1.0})]
+    for k, v in {"train_iters": 8, "eval_interval": 4, "log_interval": 1, "lr_warmup_iters": 2, **train}.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_checkpoint_and_bitwise_resume(study, signum):
+    """A run stopped by SIGTERM/SIGUSR1 after step 3 saves a checkpoint; the rerun resumes from it and
+    its losses, grad norms, learning rates and eval losses are bitwise those of an uninterrupted run."""
+    from megasynth.train import train_one
+    from megasynth.train.loop import TrainingInterrupted
+
+    cfg, layout = study
+    name = f"natural-{signum.name}"
+    for n in (name, "natural-ref"):
+        write_json(layout.mixture(n), {**read_json(layout.mixture("natural")), "name": n})
+        mark_done(layout.mixture(n))
+    ref_cfg = _resume_cfg(cfg, "natural-ref")
+    if not is_done(layout.run_dir("natural-ref") / "summary.json"):
+        train_one(ref_cfg, layout, "natural-ref")
+    ref = list(read_jsonl(layout.run_dir("natural-ref") / "metrics.jsonl"))
+
+    kcfg = _resume_cfg(cfg, name)
+    log = logging.getLogger("megasynth.train")
+    handler, level = _KillAt(3, signum), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with pytest.raises(TrainingInterrupted, match=f"{signum.name} after step 3/8"):
+            train_one(kcfg, layout, name)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    run = layout.run_dir(name)
+    assert (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert not is_done(run / "summary.json")
+    summary = train_one(kcfg, layout, name)
+    assert summary["resumed_from"] == 3
+    got = list(read_jsonl(run / "metrics.jsonl"))
+    keys = ("step", "loss", "grad_norm", "lr", "consumed_tokens")
+    assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in ref]  # bitwise
+    ref_evals = list(read_jsonl(layout.run_dir("natural-ref") / "evals.jsonl"))
+    assert list(read_jsonl(run / "evals.jsonl")) == ref_evals
+    assert summary["final_eval_loss"] == read_json(layout.run_dir("natural-ref") / "summary.json")["final_eval_loss"]
+
+
+def test_save_interval_resume_after_hard_kill(study):
+    """SIGKILL leaves the last ``save_interval`` checkpoint; the rerun resumes there, bitwise."""
+    from megasynth.train import train_one
+
+    cfg, layout = study
+    name = "natural-kill9"
+    write_json(layout.mixture(name), {**read_json(layout.mixture("natural")), "name": name})
+    mark_done(layout.mixture(name))
+    kcfg = _resume_cfg(cfg, name, save_interval=4)
+    train_one(kcfg, layout, name)
+    run = layout.run_dir(name)
+    assert (run / "checkpoints" / "iter_0000004" / "metadata.json").is_file()
+    full = list(read_jsonl(run / "metrics.jsonl"))
+    # Simulate a kill -9 during step 7: no marker, the final checkpoint never written, rows up to step 6.
+    (run / "summary.json.done").unlink()
+    shutil.rmtree(run / "checkpoints" / "iter_0000008")
+    (run / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("4\n")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full[:6]) + '{"step": 7, "lo')
+    summary = train_one(kcfg, layout, name)
+    assert summary["resumed_from"] == 4
+    keys = ("step", "loss", "grad_norm", "lr")
+    assert [[r[k] for k in keys] for r in read_jsonl(run / "metrics.jsonl")] == [[r[k] for k in keys] for r in full]
+
+    # A checkpoint of a run with other settings is refused, naming the field.
+    (run / "summary.json.done").unlink()
+    with pytest.raises(MegasynthError, match="train.global_batch_size"):
+        train_one(_resume_cfg(cfg, name, save_interval=4, global_batch_size=16), layout, name)
 
 
 def test_bad_mixture_inputs(study):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,7 +30,7 @@ from megasynth.model.presets import LlamaShape, get_preset
 from megasynth.utils import MegasynthError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from megasynth.config import ModelConfig
+    from megasynth.config import ModelConfig, TrainConfig
 
 logger = logging.getLogger("megasynth.model")
 
@@ -55,9 +54,10 @@ def padded_vocab_size(vocab_size: int, tp: int = 1, divisible_by: int = VOCAB_DI
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
-def _precision_kwargs(precision: str, transformer_impl: str) -> dict:
+def _precision_kwargs(model_cfg: "ModelConfig") -> dict:
+    precision, transformer_impl = model_cfg.precision, model_cfg.transformer_impl
     if precision == "fp32":
-        return {"params_dtype": torch.float32}
+        return {"params_dtype": torch.float32, "pipeline_dtype": torch.float32}
     if precision == "bf16":
         return {"bf16": True, "params_dtype": torch.bfloat16, "pipeline_dtype": torch.bfloat16}
     if precision == "fp16":
@@ -65,26 +65,37 @@ def _precision_kwargs(precision: str, transformer_impl: str) -> dict:
     if precision == "fp8":
         if transformer_impl != "transformer_engine":
             raise MegasynthError("model.precision: fp8 needs model.transformer_impl: transformer_engine")
-        # FP8 compute with bf16 parameters/activations; hybrid = E4M3 forward, E5M2 gradients.
-        return {"bf16": True, "params_dtype": torch.bfloat16, "pipeline_dtype": torch.bfloat16,
-                "fp8": "hybrid", "fp8_recipe": "delayed"}
+        # FP8 GEMMs (TE) with bf16 parameters/activations; hybrid = E4M3 forward, E5M2 gradients.
+        # first_last_layers_bf16 keeps the first/last layers' GEMMs in bf16 (megatron-core's
+        # get_fp8_context decides per layer).
+        kw = {"bf16": True, "params_dtype": torch.bfloat16, "pipeline_dtype": torch.bfloat16,
+              "fp8": getattr(model_cfg, "fp8_format", "hybrid"), "fp8_recipe": getattr(model_cfg, "fp8_recipe", "delayed")}
+        if getattr(model_cfg, "first_last_layers_bf16", False):
+            kw.update(first_last_layers_bf16=True,
+                      num_layers_at_start_in_bf16=getattr(model_cfg, "num_layers_at_start_in_bf16", 1),
+                      num_layers_at_end_in_bf16=getattr(model_cfg, "num_layers_at_end_in_bf16", 1))
+        return kw
     raise MegasynthError(f"model.precision: unknown precision {precision!r} (known: fp32, bf16, fp16, fp8)")
 
 
 def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None,
-                       tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1):
+                       tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
+                       train_cfg: "TrainConfig | None" = None):
     """The megatron-core ``TransformerConfig`` of a Llama-3 preset.
 
     Args:
-        model_cfg: ``preset``, ``transformer_impl``, ``precision``, ``init_method_std``.
+        model_cfg: ``preset``, ``transformer_impl``, ``precision``, ``init_method_std``, fp8 options.
         shape: overrides the preset's shape (tests, benchmarks).
         tensor_model_parallel_size / pipeline_model_parallel_size: must match :func:`init_parallel`.
+        train_cfg: parallelism/memory options taken from it: ``virtual_pipeline_model_parallel_size``,
+            ``sequence_parallel``, ``recompute_granularity``/``recompute_method``/``recompute_num_layers``.
 
     Returns:
         ``megatron.core.transformer.TransformerConfig`` (dropout 0, no fusions on CPU).
 
     Raises:
-        MegasynthError: unknown preset or precision; fp8 without Transformer Engine.
+        MegasynthError: unknown preset or precision; fp8 without Transformer Engine; layers not divisible
+            by the pipeline stages.
     """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -96,6 +107,23 @@ def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None
     if shape.num_attention_heads % shape.num_query_groups:
         raise MegasynthError(f"model.preset: num_attention_heads {shape.num_attention_heads} "
                              f"is not a multiple of num_query_groups {shape.num_query_groups}")
+    vpp = getattr(train_cfg, "virtual_pipeline_model_parallel_size", None)
+    stages = pipeline_model_parallel_size * (vpp or 1)
+    if shape.num_layers % stages:
+        raise MegasynthError(f"train.pipeline_model_parallel_size: {shape.num_layers} layers of {model_cfg.preset!r} "
+                             f"do not split into pp * vpp = {stages} stages")
+    if tensor_model_parallel_size > 1 and shape.num_query_groups % tensor_model_parallel_size:
+        raise MegasynthError(f"train.tensor_model_parallel_size: {tensor_model_parallel_size} does not divide the "
+                             f"{shape.num_query_groups} KV groups of {model_cfg.preset!r}")
+    parallel = {}
+    if train_cfg is not None:
+        parallel = dict(
+            virtual_pipeline_model_parallel_size=vpp,
+            sequence_parallel=bool(getattr(train_cfg, "sequence_parallel", False)) and tensor_model_parallel_size > 1,
+            recompute_granularity=getattr(train_cfg, "recompute_granularity", None),
+            recompute_method=getattr(train_cfg, "recompute_method", None),
+            recompute_num_layers=getattr(train_cfg, "recompute_num_layers", None),
+        )
     return TransformerConfig(
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
@@ -114,17 +142,19 @@ def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None
         init_method_std=model_cfg.init_method_std,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
-        sequence_parallel=False,
         # Fused kernels exist only on GPU (TE / apex / megatron CUDA extensions).
         bias_activation_fusion=te and on_gpu,
         bias_dropout_fusion=te and on_gpu,
         masked_softmax_fusion=te and on_gpu,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        # TE's fused RoPE and fused weight-gradient accumulation into megatron DDP's main_grad buffers
+        # (Megatron-LM's defaults on GPU).
+        apply_rope_fusion=te and on_gpu,
+        gradient_accumulation_fusion=te and on_gpu,
         persist_layer_norm=False,
         use_cpu_initialization=not on_gpu,
         attention_softmax_in_fp32=True,
-        **_precision_kwargs(model_cfg.precision, model_cfg.transformer_impl),
+        **{"sequence_parallel": False, **parallel},
+        **_precision_kwargs(model_cfg),
     )
 
 
@@ -149,24 +179,31 @@ def layer_spec(model_cfg: "ModelConfig"):
 
 
 def build_model(model_cfg: "ModelConfig", vocab_size: int, seq_length: int, shape: LlamaShape | None = None,
-                tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1):
-    """Build the Llama-3 ``GPTModel`` of ``model_cfg.preset`` on megatron-core.
+                tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
+                train_cfg: "TrainConfig | None" = None, vp_stage: int | None = None):
+    """Build the Llama-3 ``GPTModel`` (this rank's pipeline stage) of ``model_cfg.preset`` on megatron-core.
 
     Requires :func:`init_parallel` first (megatron's ``parallel_state``). Weights are initialised from
-    torch's default generator (seed it with :func:`megasynth.model.cpu_compat.manual_seed`).
+    torch's default generator (seed it with :func:`megasynth.model.cpu_compat.manual_seed`); use
+    :func:`build_model_chunks` for weights that do not depend on the parallel layout.
 
     Args:
         vocab_size: tokenizer vocabulary (ids); the embedding has :func:`padded_vocab_size` rows.
         seq_length: longest sequence in tokens (RoPE table length); at most the preset's
             ``max_position_embeddings``.
+        train_cfg: parallelism options (see :func:`transformer_config`).
+        vp_stage: virtual pipeline stage of this model chunk (``None`` without virtual pipelining).
 
     Returns:
-        ``GPTModel``; ``model(input_ids [b, s], position_ids [b, s], attention_mask=None)`` returns
-        logits ``[b, s, V_padded]``, or per-token losses ``[b, s]`` when ``labels [b, s]`` is given.
+        ``GPTModel``; on a single stage ``model(input_ids [b, s], position_ids [b, s], attention_mask=None)``
+        returns logits ``[b, s, V_padded]`` (``V_padded / tp`` per TP rank), or per-token losses ``[b, s]``
+        when ``labels [b, s]`` is given. Pipeline stages other than the first read their input
+        ``[s, b, h]`` from ``set_input_tensor``; stages other than the last return hidden states ``[s, b, h]``.
 
     Raises:
         MegasynthError: ``seq_length`` beyond the preset, bad preset/precision/impl, TE missing.
     """
+    from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     shape = shape or get_preset(model_cfg.preset)
@@ -174,22 +211,98 @@ def build_model(model_cfg: "ModelConfig", vocab_size: int, seq_length: int, shap
         raise MegasynthError(f"train.seq_length: must be in [1, {shape.max_position_embeddings}] for preset "
                              f"{model_cfg.preset!r}, got {seq_length}")
     cpu_compat.enable()
-    config = transformer_config(model_cfg, shape, tensor_model_parallel_size, pipeline_model_parallel_size)
+    config = transformer_config(model_cfg, shape, tensor_model_parallel_size, pipeline_model_parallel_size, train_cfg)
+    vpp = config.virtual_pipeline_model_parallel_size
+    pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vpp is None, vp_stage=vp_stage)
+    post = parallel_state.is_pipeline_last_stage(ignore_virtual=vpp is None, vp_stage=vp_stage)
+    kwargs = {"vp_stage": vp_stage} if vp_stage is not None else {}
     model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model_cfg),
         vocab_size=padded_vocab_size(vocab_size, tensor_model_parallel_size),
         max_sequence_length=seq_length,
-        pre_process=True,
-        post_process=True,
+        pre_process=pre,
+        post_process=post,
         parallel_output=True,
         share_embeddings_and_output_weights=False,
         position_embedding_type="rope",
         rotary_base=shape.rotary_base,
+        **kwargs,
     )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model
+
+
+def build_model_chunks(model_cfg: "ModelConfig", train_cfg: "TrainConfig", vocab_size: int,
+                       shape: LlamaShape | None = None, seed: int | None = None) -> list:
+    """This rank's model chunks (one per virtual pipeline stage) with layout-independent initial weights.
+
+    Weights are set by :func:`layout_independent_init_` from ``seed`` (default ``train_cfg.seed``), so
+    every TP/PP/VPP layout starts from the same model (what lets multi-process runs reproduce the
+    one-process loss curve).
+
+    Returns:
+        ``[GPTModel, ...]`` of length ``virtual_pipeline_model_parallel_size or 1``.
+    """
+    t = train_cfg
+    vpp = getattr(t, "virtual_pipeline_model_parallel_size", None)
+    chunks = []
+    for vp_stage in (range(vpp) if vpp else [None]):
+        chunks.append(build_model(model_cfg, vocab_size, t.seq_length, shape, t.tensor_model_parallel_size,
+                                  t.pipeline_model_parallel_size, t, vp_stage))
+    layout_independent_init_(chunks, t.seed if seed is None else seed)
+    return chunks
+
+
+def _sharded_tensors(sharded: dict):
+    """Every ``ShardedTensor`` of a sharded state dict (factories such as SwiGLU's fc1 are built)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    for v in nested_values(sharded):
+        if isinstance(v, ShardedTensorFactory):
+            built = v.build()
+            yield from _sharded_tensors(built if isinstance(built, dict) else {"_": built})
+        elif isinstance(v, ShardedTensor):
+            yield v
+
+
+@torch.no_grad()
+def layout_independent_init_(chunks, seed: int) -> None:
+    """Re-draw every weight matrix of ``chunks`` so its values depend only on ``seed`` and its global name.
+
+    For each ``ShardedTensor`` of the model's ``sharded_state_dict()`` (key + layer index = the tensor's
+    place in the *global* model, as ``dist_checkpointing`` names it), the full global matrix is drawn
+    from ``N(0, σ²)`` with a generator seeded by ``(seed, key, layer)`` and this rank's shard is copied
+    in. σ is megatron's: ``init_method_std`` for all matrices, ``init_method_std / sqrt(2·num_layers)`` for
+    the output projections ``linear_proj`` and ``linear_fc2`` (Megatron's ``scaled_init_method_normal``;
+    Shoeybi et al. 2019). 1-D tensors (RMSNorm weights, ones) are left as built. The result is the
+    same at any TP/PP/VPP size. Cost: one full matrix per rank at a time (generated on the weight's device).
+    """
+    import math
+    import zlib
+
+    for chunk in chunks:
+        inner = chunk
+        while isinstance(getattr(inner, "module", None), torch.nn.Module):
+            inner = inner.module
+        cfg = inner.config
+        for st in _sharded_tensors(inner.sharded_state_dict()):
+            data = st.data
+            if not torch.is_tensor(data) or not data.is_floating_point() or data.dim() < 2:
+                continue
+            k = st.prepend_axis_num
+            std = cfg.init_method_std
+            if st.key.endswith(("linear_proj.weight", "linear_fc2.weight")):
+                std = std / math.sqrt(2.0 * cfg.num_layers)
+            where = "/".join(str(o) for o in st.global_offset[:k])
+            gen = torch.Generator(device=data.device).manual_seed(
+                (seed * 1_000_003 + zlib.crc32(f"{st.key}@{where}".encode())) % (2**63 - 1))
+            full = torch.randn(tuple(st.global_shape[k:]), generator=gen, device=data.device, dtype=torch.float32)
+            index = tuple(slice(o, o + n) for o, n in zip(st.global_offset[k:], data.shape))
+            data.copy_(full[index].mul_(std).to(data.dtype))
+            del full
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -208,19 +321,14 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 # Distributed state
 # --------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_parallel(tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
-                  seed: int = 1234) -> None:
+                  seed: int = 1234, virtual_pipeline_model_parallel_size: int | None = None) -> None:
     """Initialise ``torch.distributed`` and megatron's ``parallel_state``, and seed the RNGs.
 
     Uses the ``torchrun`` environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-    ``MASTER_PORT``) when present, else a single process on a free local port. Backend: NCCL on GPU,
-    gloo on CPU. Idempotent for the same sizes; re-initialises megatron's groups otherwise.
+    ``MASTER_PORT``) when present, else a single process with an in-memory store. Backend: NCCL on GPU,
+    gloo on CPU. Idempotent for the same sizes; re-initialises megatron's groups otherwise. The
+    data-parallel size is ``world_size / (tp * pp)``.
 
     Raises:
         MegasynthError: the world size is not divisible by ``tp * pp``.
@@ -230,16 +338,13 @@ def init_parallel(tensor_model_parallel_size: int = 1, pipeline_model_parallel_s
 
     cpu_compat.enable()
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(_free_port())
-            rank, world = 0, 1
-        else:
-            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        if "RANK" not in os.environ:  # one process: an in-memory store, no TCP port to race for
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
     world = dist.get_world_size()
     if world % (tensor_model_parallel_size * pipeline_model_parallel_size):
         raise MegasynthError(f"train.tensor_model_parallel_size * pipeline_model_parallel_size "
@@ -247,10 +352,13 @@ def init_parallel(tensor_model_parallel_size: int = 1, pipeline_model_parallel_s
                              f"the world size {world}")
     if parallel_state.model_parallel_is_initialized():
         if (parallel_state.get_tensor_model_parallel_world_size() != tensor_model_parallel_size
-                or parallel_state.get_pipeline_model_parallel_world_size() != pipeline_model_parallel_size):
+                or parallel_state.get_pipeline_model_parallel_world_size() != pipeline_model_parallel_size
+                or parallel_state.get_virtual_pipeline_model_parallel_world_size()
+                != virtual_pipeline_model_parallel_size):
             parallel_state.destroy_model_parallel()
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size, pipeline_model_parallel_size)
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size, pipeline_model_parallel_size,
+                                                 virtual_pipeline_model_parallel_size)
     cpu_compat.manual_seed(seed)
 
 

@@ -18,6 +18,8 @@ optimizer, grad clipping; ``tensor.cuda()``            rewrites ``"cuda"`` devic
 (optimizer, ``clip_grads``)                            the matching ``torch.cuda.*Tensor`` type name
 CUDA RNG tracker (``model_parallel_cuda_manual_seed``)  callers pass ``inference_rng_tracker=True``
                                                        (:func:`manual_seed`); dropout is 0 in the study
+CUDA RNG save/restore in activation recomputation      :func:`enable` → ``_get/_set_cuda_rng_state``
+(``tensor_parallel.random``)                           are no-ops
 denormal floats (tiny gradients late in training make  ``torch.set_flush_denormal(True)``
 CPU steps ~15x slower)
 =====================================================  ============================================
@@ -68,8 +70,9 @@ def cuda_available() -> bool:
 def enable() -> None:
     """Patch the process-wide CUDA assumptions of megatron-core for a CPU-only run (idempotent).
 
-    Patches ``torch.cuda.current_device`` (→ ``"cpu"``), ``torch.cuda.synchronize`` (→ no-op), and
-    megatron-core's default causal mask (→ built on CPU), and flushes denormals to zero. Does nothing
+    Patches ``torch.cuda.current_device`` (→ ``"cpu"``), ``torch.cuda.synchronize`` (→ no-op),
+    megatron-core's default causal mask (→ built on CPU) and its CUDA RNG state save/restore used by
+    activation recomputation (→ no-ops), and flushes denormals to zero. Does nothing
     when CUDA is available.
     """
     global _ENABLED
@@ -80,10 +83,15 @@ def enable() -> None:
     torch.set_flush_denormal(True)
 
     import megatron.core.fusions.fused_softmax as fused_softmax
+    import megatron.core.tensor_parallel.random as tp_random
     import megatron.core.transformer.utils as transformer_utils
 
     transformer_utils.get_default_causal_mask = _cpu_causal_mask
     fused_softmax.get_default_causal_mask = _cpu_causal_mask
+    # Activation recomputation saves/restores the CUDA RNG state around the recomputed forward; on CPU
+    # there is none (the CPU state is saved by megatron's CheckpointFunction itself).
+    tp_random._get_cuda_rng_state = lambda *args, **kwargs: None
+    tp_random._set_cuda_rng_state = lambda *args, **kwargs: None
     _ENABLED = True
     logger.debug("cpu_compat: megatron-core CPU workarounds enabled")
 

@@ -64,9 +64,9 @@ class LlamaShape:
 
 
 PRESETS: dict[str, LlamaShape] = {
-    # CPU-sized: tests (head_dim 32) and the quickstart (head_dim 64).
-    "llama3-micro": LlamaShape(num_layers=2, hidden_size=64, ffn_hidden_size=192, num_attention_heads=2,
-                               num_query_groups=1, max_position_embeddings=1024),
+    # CPU-sized: tests (head_dim 16; 2 KV groups so TP=2 splits them) and the quickstart (head_dim 64).
+    "llama3-micro": LlamaShape(num_layers=2, hidden_size=64, ffn_hidden_size=192, num_attention_heads=4,
+                               num_query_groups=2, max_position_embeddings=1024),
     "llama3-tiny": LlamaShape(num_layers=4, hidden_size=256, ffn_hidden_size=768, num_attention_heads=4,
                               num_query_groups=2, max_position_embeddings=2048),
     # Study ladder.

@@ -1,17 +1,33 @@
-"""Model checkpoints through megatron-core ``dist_checkpointing`` (sharded, parallelism-agnostic).
+"""Checkpoints through megatron-core ``dist_checkpointing`` (sharded, parallelism-agnostic, resumable).
 
-Layout (Megatron-LM's): ``checkpoints/iter_NNNNNNN/`` holds the sharded ``torch_dist`` checkpoint of
-``model.sharded_state_dict()``; ``checkpoints/latest_checkpointed_iteration.txt`` names the latest
-step. A checkpoint saved with one TP/PP layout loads into another (megatron reshards on load).
-Only model weights are saved: runs restart from scratch (deterministic seed) rather than resume.
+Layout (Megatron-LM's): ``checkpoints/iter_NNNNNNN/`` holds one sharded ``torch_dist`` checkpoint;
+``checkpoints/latest_checkpointed_iteration.txt`` names the latest complete step (written last, so a
+directory being written when a job dies is never the latest).
+
+A full checkpoint (Megatron-LM's ``generate_state_dict``) holds
+
+- ``model`` (or ``model0``, ``model1`` … one per virtual pipeline chunk): ``GPTModel.sharded_state_dict()``;
+  keys are global (layer numbers along a stacked axis, TP shards by offset), so a checkpoint saved
+  with one TP/PP/VPP layout loads into any other (megatron reshards on load);
+- ``optimizer``: ``optimizer.sharded_state_dict(model)`` (Adam moments and fp32 master weights sharded
+  like the parameters; the distributed optimizer's ``fully_reshardable`` format);
+- ``opt_param_scheduler``: ``OptimizerParamScheduler.state_dict()``;
+- ``rng_state``: torch CPU/CUDA, Python and NumPy generator states and megatron's CUDA RNG tracker, one
+  ``ShardedObject`` per (pp, tp) rank (restored only when the layout is unchanged);
+- common values written by rank 0: ``iteration``, ``consumed_samples`` and whatever the caller adds.
+
+:func:`save_checkpoint` with only a model writes just ``model`` (a weights checkpoint).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 from pathlib import Path
+from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from megasynth.utils import MegasynthError, atomic_path
@@ -19,6 +35,10 @@ from megasynth.utils import MegasynthError, atomic_path
 logger = logging.getLogger("megasynth.train")
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
+
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+"""Distributed-optimizer state format: gathered per parameter on DP rank 0 at save, so it reloads at any
+TP/PP/DP (megatron-core's ``fully_reshardable``); ignored by the non-distributed optimizers."""
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -28,34 +48,110 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _chunks(model) -> list:
+    return [_unwrap(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
+
+
+def _model_keys(n: int) -> list[str]:
+    return ["model"] if n == 1 else [f"model{i}" for i in range(n)]
+
+
 def checkpoint_dir(root: str | Path, step: int) -> Path:
     """``root/iter_{step:07d}`` (Megatron-LM's naming)."""
     return Path(root) / f"iter_{step:07d}"
 
 
-def save_checkpoint(model: torch.nn.Module, root: str | Path, step: int) -> Path:
-    """Save the model's sharded state dict to ``root/iter_NNNNNNN`` and update the latest-step file.
+def _rank0() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rng_sharded_object():
+    """This rank's RNG states as a ``ShardedObject`` keyed by (pp rank, tp rank); DP replicas share one
+    (the current states; on load they are the template that the saved states replace)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state = {"random": random.getstate(), "np": np.random.get_state(), "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+             "tracker": get_cuda_rng_tracker().get_states() if torch.cuda.is_available() else None}
+    shape = (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size())
+    offset = (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank())
+    return ShardedObject("rng_state", state, shape, offset, replica_id=ps.get_data_parallel_rank())
+
+
+def _set_rng(state: dict) -> None:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+        if state.get("tracker") is not None:
+            get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _state_dict(chunks: list, optimizer, scheduler, rng: bool, is_loading: bool) -> dict:
+    sd: dict[str, Any] = {}
+    for key, chunk in zip(_model_keys(len(chunks)), chunks):
+        sd[key] = chunk.sharded_state_dict()
+    if optimizer is not None:
+        model_sd = {k: sd[k] for k in _model_keys(len(chunks))}
+        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
+    if scheduler is not None and not is_loading:
+        sd["opt_param_scheduler"] = scheduler.state_dict()
+    if rng:
+        sd["rng_state"] = _rng_sharded_object()
+    return sd
+
+
+def save_checkpoint(model, root: str | Path, step: int, optimizer=None, scheduler=None,
+                    common: Optional[dict] = None) -> Path:
+    """Save a sharded checkpoint to ``root/iter_NNNNNNN`` and then update the latest-step file.
+
+    Args:
+        model: a GPTModel (possibly wrapped) or the list of this rank's model chunks.
+        optimizer, scheduler: megatron optimizer and ``OptimizerParamScheduler`` (a full, resumable
+            checkpoint, with RNG states); omit both for a weights-only checkpoint.
+        common: extra picklable values saved once (rank 0), e.g. ``consumed_samples``.
 
     A partially written directory from an earlier attempt is replaced. Must be called on all ranks.
 
     Returns:
         The checkpoint directory.
     """
-    import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
+    from megasynth.model import cpu_compat
+
     path = checkpoint_dir(root, step)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    if rank0 and path.exists():
+    if _rank0() and path.exists():
         shutil.rmtree(path)
-    if dist.is_initialized():
-        dist.barrier()
+    _barrier()
     path.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save(_unwrap(model).sharded_state_dict(), str(path))
-    if rank0:
+    full = optimizer is not None
+    with cpu_compat.cpu_device_mode():  # the distributed optimizer gathers its state with .cuda() tensors
+        sd = _state_dict(_chunks(model), optimizer, scheduler, rng=full, is_loading=False)
+        sd["iteration"] = step
+        sd.update(common or {})
+        dist_checkpointing.save(sd, str(path))
+    _barrier()
+    if _rank0():
         with atomic_path(Path(root) / LATEST_FILE) as tmp:
             tmp.write_text(f"{step}\n")
-    logger.info("saved checkpoint %s", path)
+    _barrier()
+    if _rank0():
+        logger.info("saved checkpoint %s", path)
     return path
 
 
@@ -78,21 +174,60 @@ def latest_checkpoint(root: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a checkpoint saved by :func:`save_checkpoint` into ``model`` (in place, strict).
-
-    ``path`` is an ``iter_NNNNNNN`` directory or a ``checkpoints`` root (then the latest one).
+def read_common(path: str | Path) -> dict:
+    """The common (rank-0) values of a checkpoint directory: ``iteration``, ``consumed_samples``, …
 
     Raises:
-        MegasynthError: no checkpoint at ``path``.
+        MegasynthError: not a dist_checkpointing directory.
     """
     from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    if not (path / "metadata.json").is_file():
+        raise MegasynthError(f"{path}: not a checkpoint directory (no metadata.json)")
+    return dist_checkpointing.load_common_state_dict(str(path))
+
+
+def load_checkpoint(model, path: str | Path, optimizer=None, scheduler=None, load_rng: bool = False) -> dict:
+    """Load a checkpoint saved by :func:`save_checkpoint` in place (any TP/PP/VPP layout to any other).
+
+    Args:
+        model: a GPTModel (possibly wrapped) or the list of this rank's model chunks.
+        path: an ``iter_NNNNNNN`` directory or a ``checkpoints`` root (then the latest one).
+        optimizer, scheduler: restored too when given (the checkpoint must be a full one).
+        load_rng: restore the RNG states (only valid when the (pp, tp) layout is unchanged).
+
+    Returns:
+        The checkpoint's common values (``iteration``, ``consumed_samples``, …).
+
+    Raises:
+        MegasynthError: no checkpoint at ``path``; optimizer state requested from a weights-only one.
+    """
+    from megatron.core import dist_checkpointing
+
+    from megasynth.model import cpu_compat
 
     path = Path(path)
     if (path / LATEST_FILE).is_file():
         path = latest_checkpoint(path)
     if not path.is_dir():
         raise MegasynthError(f"{path}: checkpoint directory not found")
-    inner = _unwrap(model)
-    state = dist_checkpointing.load(inner.sharded_state_dict(), str(path))
-    inner.load_state_dict(state, strict=True)
+    common = read_common(path)
+    if optimizer is not None and "opt_param_scheduler" not in common:
+        raise MegasynthError(f"{path}: weights-only checkpoint, cannot restore the optimizer")
+    chunks = _chunks(model)
+    with cpu_compat.cpu_device_mode():
+        sd = _state_dict(chunks, optimizer, None, rng=load_rng, is_loading=True)
+        state = dist_checkpointing.load(sd, str(path))
+        for key, chunk in zip(_model_keys(len(chunks)), chunks):
+            chunk.load_state_dict(state[key], strict=True)
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.num_steps = 0  # load_state_dict *adds* the saved step count (Megatron loads into a fresh one)
+        scheduler.load_state_dict(common["opt_param_scheduler"])
+    if load_rng:
+        _set_rng(state["rng_state"])
+    if _rank0():
+        logger.info("loaded checkpoint %s (iteration %s)", path, common.get("iteration"))
+    return common

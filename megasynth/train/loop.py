@@ -4,7 +4,8 @@ Per run (``runs/<mix>/``), following Megatron-LM's ``pretrain_gpt.py`` with mega
 
 1. data: the mixture's blend (``mixtures/<mix>.json``) → :func:`megasynth.data.datasets.build_gpt_datasets`
    with ``train_iters * global_batch_size`` samples; each eval set (``tokenized/<name>_text_document``)
-   → ``eval_iters * micro_batch_size * dp`` fixed samples.
+   → ``eval_iters * micro_batch_size`` fixed samples (the same set at any DP size: each DP rank
+   evaluates ``eval_iters / dp`` micro batches of it).
 2. model: :func:`megasynth.model.builder.build_model` (local spec fp32 on CPU; TE spec bf16/fp8 on
    GPU), wrapped in ``Float16Module`` for bf16/fp16/fp8 and in megatron's ``DistributedDataParallel``.
 3. steps: ``get_forward_backward_func()`` runs ``global_batch_size / (micro_batch_size * dp)`` micro
@@ -14,11 +15,20 @@ Per run (``runs/<mix>/``), following Megatron-LM's ``pretrain_gpt.py`` with mega
    ``lr_decay_style`` decay to ``min_lr`` at ``train_iters``).
 4. every ``eval_interval`` steps and at the last step: validation loss on every eval set →
    ``evals.jsonl``; every step → ``metrics.jsonl``; TensorBoard in ``tb/``.
-5. final checkpoint (``dist_checkpointing``), ``config.yaml``, ``summary.json`` then its completion
-   marker ``summary.json.done``.
+5. checkpoints (``dist_checkpointing``: model, optimizer, LR schedule, RNG, consumed samples) every
+   ``save_interval`` steps, on SIGTERM/SIGUSR1 (``exit_signal_handler``) and at the end; then
+   ``config.yaml``, ``summary.json`` and its completion marker ``summary.json.done``.
 
-A run whose marker exists is skipped; a run directory without it (killed mid-run) is wiped and the run
-restarts from scratch: seeds are fixed, so the rerun reproduces the same numbers.
+Parallelism (all megatron-core): ``init_parallel`` builds TP x PP x DP groups from the world size
+(``data_parallel_size = world_size / (tp * pp)``); the model is this rank's pipeline stage, in
+``virtual_pipeline_model_parallel_size`` chunks for the interleaved schedule; DDP overlaps the gradient
+all-reduce (or reduce-scatter with the distributed optimizer) with backward when asked. Initial weights
+do not depend on the layout (:func:`megasynth.model.builder.layout_independent_init_`), so DP=2, TP=2 and
+PP=2 runs follow the one-process loss curve up to float reduction order.
+
+Resume: a run whose marker exists is skipped; a run directory without it but with a checkpoint resumes
+from its latest checkpoint (any TP/PP layout; bitwise the same losses on CPU with an unchanged layout);
+one without a checkpoint is wiped and restarts from scratch.
 
 Loss: mean token cross-entropy in nats over the tokens of the step (``loss_mask`` excludes padding).
 Megatron tensors are sequence-first internally; the model takes ``tokens [b, s]`` and returns per-token
@@ -30,6 +40,8 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -125,29 +137,46 @@ def _forward_step(data_iterator, model):
     return output, partial(_loss_func, batch["loss_mask"])
 
 
-def _reduce_loss(outputs: list) -> float:
-    """Mean loss per token over micro batches (and data-parallel ranks) from the schedule's outputs."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state
 
-    if not outputs:  # not the last pipeline stage
-        return float("nan")
-    total = torch.stack([o["lm loss"] for o in outputs]).sum(0)
-    if parallel_state.get_data_parallel_world_size() > 1:
-        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+def _reduce_loss(outputs: list) -> float:
+    """Mean loss per token over micro batches and data-parallel ranks, known on every rank.
+
+    ``outputs`` are the schedule's ``{"lm loss": [loss_sum, tokens]}`` (non-empty only on the last
+    pipeline stage); the sums are all-reduced over DP there and broadcast over the pipeline group.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    last = ps.is_pipeline_last_stage(ignore_virtual=True)
+    total = torch.stack([o["lm loss"] for o in outputs]).sum(0).float() if (last and outputs) else torch.zeros(2)
+    if torch.cuda.is_available():
+        total = total.cuda()
+    if last and ps.get_data_parallel_world_size() > 1:
+        dist.all_reduce(total, group=ps.get_data_parallel_group())
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
+                       group=ps.get_pipeline_model_parallel_group())
     return float(total[0] / torch.clamp(total[1], min=1))
 
 
-def setup_model_and_optimizer(model_cfg, train_cfg, vocab_size: int):
-    """Build the GPTModel, megatron DDP wrapper, AdamW optimizer and lr scheduler of a run.
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
 
-    Requires :func:`megasynth.model.builder.init_parallel`. bf16/fp16/fp8 models are wrapped in
-    megatron's ``Float16Module`` (fp32 master weights in the optimizer), then in
-    ``DistributedDataParallel`` (fp32 gradient buffers, all-reduce after the last micro batch).
+
+def setup_model_and_optimizer(model_cfg, train_cfg, vocab_size: int, shape=None):
+    """Build this rank's model chunks, megatron DDP wrappers, optimizer and lr scheduler of a run.
+
+    Requires :func:`megasynth.model.builder.init_parallel` with the same TP/PP/VPP sizes. Weights are
+    layout-independent (:func:`megasynth.model.builder.build_model_chunks`). bf16/fp16/fp8 models are
+    wrapped in megatron's ``Float16Module`` (fp32 master weights in the optimizer), then each chunk in
+    ``DistributedDataParallel`` (fp32 gradient buffers; ``overlap_grad_reduce`` overlaps the bucketed
+    all-reduce — reduce-scatter with ``use_distributed_optimizer`` — with backward).
 
     Returns:
-        ``(model, optimizer, scheduler)``; the scheduler is already at step 1 (step ``k`` trains with
-        lr ``lr·k/lr_warmup_iters`` during warmup and reaches ``min_lr`` at ``train_iters``).
+        ``(model_chunks, optimizer, scheduler)``: a list of DDP modules (one per virtual pipeline
+        stage), megatron's AdamW optimizer (distributed or not), and the ``OptimizerParamScheduler``
+        already at step 1 (step ``k`` trains with lr ``lr·k/lr_warmup_iters`` during warmup and reaches
+        ``min_lr`` at ``train_iters``).
     """
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.distributed import finalize_model_grads
@@ -158,52 +187,62 @@ def setup_model_and_optimizer(model_cfg, train_cfg, vocab_size: int):
     from megasynth.model import builder, cpu_compat
 
     m, t = model_cfg, train_cfg
-    model = builder.build_model(m, vocab_size, t.seq_length, tensor_model_parallel_size=t.tensor_model_parallel_size,
-                                pipeline_model_parallel_size=t.pipeline_model_parallel_size)
-    config = model.config
+    chunks = builder.build_model_chunks(m, t, vocab_size, shape)
+    config = chunks[0].config
     if m.precision in ("bf16", "fp16", "fp8"):
-        model = Float16Module(config, model)
+        chunks = [Float16Module(c.config, c) for c in chunks]
+    dist_opt = bool(getattr(t, "use_distributed_optimizer", False))
+    ddp_cfg = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=bool(getattr(t, "overlap_grad_reduce", False)),
+        use_distributed_optimizer=dist_opt, overlap_param_gather=bool(getattr(t, "overlap_param_gather", False)))
     with cpu_compat.cpu_device_mode():
-        model = DistributedDataParallel(
-            config, DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                  use_distributed_optimizer=False), model)
-    config.no_sync_func = model.no_sync
+        chunks = [DistributedDataParallel(c.config, ddp_cfg, c, disable_bucketing=i > 0)
+                  for i, c in enumerate(chunks)]
+    single = len(chunks) == 1
+    config.no_sync_func = chunks[0].no_sync if single else [c.no_sync for c in chunks]
+    if ddp_cfg.overlap_grad_reduce:
+        config.grad_sync_func = chunks[0].start_grad_sync if single else [c.start_grad_sync for c in chunks]
     config.finalize_model_grads_func = finalize_model_grads
     opt_cfg = OptimizerConfig(
         optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, clip_grad=t.clip_grad,
         bf16=m.precision in ("bf16", "fp8"), fp16=m.precision == "fp16",
-        params_dtype=config.params_dtype, use_distributed_optimizer=False)
+        params_dtype=config.params_dtype, use_distributed_optimizer=dist_opt)
     with cpu_compat.cpu_device_mode():
-        optimizer = get_megatron_optimizer(opt_cfg, [model])
+        optimizer = get_megatron_optimizer(opt_cfg, chunks)
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr, lr_warmup_steps=t.lr_warmup_iters,
         lr_decay_steps=t.train_iters, lr_decay_style=t.lr_decay_style, start_wd=t.weight_decay,
         end_wd=t.weight_decay, wd_incr_steps=t.train_iters, wd_incr_style="constant")
     scheduler.step(increment=1)
-    return model, optimizer, scheduler
+    return chunks, optimizer, scheduler
 
 
 def train_step(model, optimizer, scheduler, data_iterator, num_microbatches: int, seq_length: int,
                micro_batch_size: int) -> tuple[float, float | None, bool]:
     """One optimizer step over ``num_microbatches`` micro batches of ``data_iterator``.
 
-    Batches are dicts of ``tokens``, ``labels``, ``position_ids``, ``loss_mask`` ``[b, s]``.
+    ``model`` is a module or the list of model chunks; with virtual pipelining ``data_iterator`` is a
+    list (one iterator per chunk, same batches). Batches are dicts of ``tokens``, ``labels``,
+    ``position_ids``, ``loss_mask`` ``[b, s]``.
 
     Returns:
-        ``(loss, grad_norm, ok)``: mean token loss (nats) of the step, gradient L2 norm before
-        clipping, False if the optimizer skipped the step (non-finite gradients).
+        ``(loss, grad_norm, ok)``: mean token loss (nats) of the step (on every rank), gradient L2
+        norm before clipping, False if the optimizer skipped the step (non-finite gradients).
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megasynth.model import cpu_compat
 
-    model.train()
+    chunks = _as_list(model)
+    for c in chunks:
+        c.train()
     with cpu_compat.cpu_device_mode():
-        model.zero_grad_buffer()
+        for c in chunks:
+            c.zero_grad_buffer()
         optimizer.zero_grad()
         outputs = get_forward_backward_func()(
-            forward_step_func=_forward_step, data_iterator=data_iterator, model=[model],
+            forward_step_func=_forward_step, data_iterator=data_iterator, model=chunks,
             num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
             forward_only=False)
         ok, grad_norm, _ = optimizer.step()
@@ -213,80 +252,221 @@ def train_step(model, optimizer, scheduler, data_iterator, num_microbatches: int
 
 
 # --------------------------------------------------------------------------------------------------
+# Signals (SLURM preemption / time limit)
+# --------------------------------------------------------------------------------------------------
+class TrainingInterrupted(MegasynthError):
+    """Training stopped on SIGTERM/SIGUSR1 after saving a checkpoint; rerunning resumes from it."""
+
+
+class StopSignal:
+    """Records SIGTERM/SIGUSR1 (Megatron-LM's ``--exit-signal-handler``) until :meth:`close`.
+
+    :meth:`received` is collective (all ranks agree through an all-reduce), so every rank saves the
+    checkpoint at the same step. Handlers are installed only in the main thread.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, enabled: bool = True):
+        self.signum: int | None = None
+        self.enabled = enabled
+        self._previous: dict = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.signum = signum
+        logger.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
+
+    def received(self) -> int | None:
+        """The signal number if any rank got one (collective call), else None."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum or 0], dtype=torch.int64)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            if torch.cuda.is_available():
+                flag = flag.cuda()
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def close(self) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous = {}
+
+
+# --------------------------------------------------------------------------------------------------
 # One run
 # --------------------------------------------------------------------------------------------------
+def _resume_key(cfg: "StudyConfig", vocab_size: int) -> dict:
+    """Fields that must be unchanged for a checkpoint to resume the same run (layout may change)."""
+    t, m = cfg.train, cfg.model
+    keys = ("seq_length", "global_batch_size", "train_iters", "lr", "min_lr", "lr_warmup_iters", "lr_decay_style",
+            "weight_decay", "seed")
+    return {"model.preset": m.preset, "model.precision": m.precision, "vocab_size": vocab_size,
+            **{f"train.{k}": getattr(t, k) for k in keys}}
+
+
 class _Run:
-    """Model, optimizer, scheduler and data of one run (built by :func:`train_one`)."""
+    """Model chunks, optimizer, scheduler and data of one run (built by :func:`train_one`)."""
 
     def __init__(self, cfg: "StudyConfig", layout: "StudyLayout", name: str, tokenizer, blend, run_dir: Path):
+        import torch.distributed as dist
         from megatron.core import parallel_state
 
         from megasynth.data.datasets import build_gpt_datasets
-        from megasynth.model import builder, cpu_compat
+        from megasynth.model import builder
 
         t, m = cfg.train, cfg.model
         self.cfg, self.name = cfg, name
         tp, pp = t.tensor_model_parallel_size, t.pipeline_model_parallel_size
-        builder.init_parallel(tp, pp, seed=t.seed)
+        self.vpp = getattr(t, "virtual_pipeline_model_parallel_size", None)
+        builder.init_parallel(tp, pp, seed=t.seed, virtual_pipeline_model_parallel_size=self.vpp)
+        self.world_size = dist.get_world_size()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         if t.global_batch_size % (t.micro_batch_size * self.dp_size):
             raise MegasynthError(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                                  f"micro_batch_size * data-parallel size = {t.micro_batch_size * self.dp_size}")
         self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp_size)
+        if self.vpp and self.num_micro % pp:
+            raise MegasynthError(f"train.virtual_pipeline_model_parallel_size: the interleaved schedule needs the "
+                                 f"{self.num_micro} micro batches per step to be a multiple of pp = {pp}")
+        if t.eval_iters % self.dp_size:
+            raise MegasynthError(f"train.eval_iters: must be a multiple of the data-parallel size {self.dp_size}, "
+                                 f"got {t.eval_iters}")
+        self.eval_micro = t.eval_iters // self.dp_size
+        if self.vpp and self.eval_micro % pp:
+            raise MegasynthError(f"train.eval_iters: the interleaved schedule needs eval_iters / dp to be a multiple "
+                                 f"of pp = {pp}, got {t.eval_iters} / {self.dp_size}")
         self.tokens_per_step = t.global_batch_size * t.seq_length
-        self._train_iter: Iterator[dict] | None = None
+        self._train_iter = None
+        self.vocab_size = tokenizer.vocab_size
 
         # Data (built before the model so a bad prefix fails fast).
         cache = layout.root / "tokenized" / "cache"
         self.train_ds = build_gpt_datasets(blend, None, tokenizer, t.seq_length, t.train_iters * t.global_batch_size,
                                            t.seed, cache)
         self.eval_ds = {}
-        n_eval = t.eval_iters * t.micro_batch_size * self.dp_size
+        n_eval = t.eval_iters * t.micro_batch_size
         for ev in cfg.eval_sets:
             self.eval_ds[ev] = build_gpt_datasets(None, str(layout.tokenized_prefix(ev)), tokenizer, t.seq_length,
                                                   n_eval, t.seed, cache)
 
-        # Model, optimizer, schedule.
-        cpu_compat.manual_seed(t.seed)  # same initial weights for every run of the study
+        # Model, optimizer, schedule (initial weights: the same for every run and every layout).
         self.model, self.optimizer, self.scheduler = setup_model_and_optimizer(cfg.model, t, tokenizer.vocab_size)
         self.shape = builder.get_preset(m.preset)
         self.padded_vocab = builder.padded_vocab_size(tokenizer.vocab_size, tp)
         if tp * pp == 1:
-            self.n_params, self.n_params_non_embedding = builder.count_params(self.model)
+            self.n_params, self.n_params_non_embedding = builder.count_params(self.model[0])
         else:  # each rank holds a shard: count from the shape (same formula; tests check they agree)
             self.n_params = self.shape.total_params(self.padded_vocab)
             self.n_params_non_embedding = self.shape.non_embedding_params()
+        self.flops_per_token = self.shape.train_flops_per_token(t.seq_length, self.padded_vocab)
+
+    def _iterators(self, dataset, first_sample: int, num_micro: int, num_workers: int):
+        its = [_loader(dataset, self.cfg.train.micro_batch_size, first_sample, num_micro, self.dp_rank, self.dp_size,
+                       num_workers) for _ in self.model]
+        return its if len(its) > 1 else its[0]
 
     def train_step(self, step: int) -> tuple[float, float | None]:
         """One optimizer step (``step`` from 0, called in order); returns ``(loss, grad_norm)``."""
         t = self.cfg.train
         if self._train_iter is None:  # one loader for the whole run (workers start once)
-            self._train_iter = _loader(self.train_ds, t.micro_batch_size, step * t.global_batch_size,
-                                       (t.train_iters - step) * self.num_micro, self.dp_rank, self.dp_size,
-                                       t.num_workers)
+            self._train_iter = self._iterators(self.train_ds, step * t.global_batch_size,
+                                               (t.train_iters - step) * self.num_micro, t.num_workers)
         loss, grad_norm, ok = train_step(self.model, self.optimizer, self.scheduler, self._train_iter,
                                          self.num_micro, t.seq_length, t.micro_batch_size)
         if not ok:
             logger.warning("%s: step %d skipped (non-finite gradients)", self.name, step + 1)
         return loss, grad_norm
 
+    def _sync_params(self) -> None:
+        """With overlapped parameter all-gather, finish it before eval/save (Megatron-LM's pre-hook toggle)."""
+        if getattr(self.cfg.train, "overlap_param_gather", False):
+            for c in self.model:
+                c.disable_forward_pre_hook()
+
+    def _resume_hooks(self) -> None:
+        if getattr(self.cfg.train, "overlap_param_gather", False):
+            for c in self.model:
+                c.enable_forward_pre_hook()
+
     @torch.no_grad()
     def evaluate(self, dataset) -> float:
-        """Mean validation loss (nats/token) over ``eval_iters`` fixed micro batches of ``dataset``."""
+        """Mean validation loss (nats/token) over the ``eval_iters * micro_batch_size`` fixed samples of ``dataset``."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         from megasynth.model import cpu_compat
 
         t = self.cfg.train
-        it = _loader(dataset, t.micro_batch_size, 0, t.eval_iters, self.dp_rank, self.dp_size, 0)
-        self.model.eval()
-        with cpu_compat.cpu_device_mode():
-            outputs = get_forward_backward_func()(
-                forward_step_func=_forward_step, data_iterator=it, model=[self.model], num_microbatches=t.eval_iters,
-                seq_length=t.seq_length, micro_batch_size=t.micro_batch_size, forward_only=True)
-        self.model.train()
+        it = self._iterators(dataset, 0, self.eval_micro, 0)
+        self._sync_params()
+        for c in self.model:
+            c.eval()
+        try:
+            with cpu_compat.cpu_device_mode():
+                outputs = get_forward_backward_func()(
+                    forward_step_func=_forward_step, data_iterator=it, model=self.model,
+                    num_microbatches=self.eval_micro, seq_length=t.seq_length, micro_batch_size=t.micro_batch_size,
+                    forward_only=True)
+        finally:
+            for c in self.model:
+                c.train()
+            self._resume_hooks()
         return _reduce_loss(outputs)
+
+    def save(self, root: Path, step: int) -> Path:
+        """Full checkpoint after ``step`` optimizer steps (collective)."""
+        from megasynth.train.checkpoint import save_checkpoint
+
+        t = self.cfg.train
+        self._sync_params()
+        try:
+            return save_checkpoint(self.model, root, step, self.optimizer, self.scheduler, common={
+                "consumed_samples": step * t.global_batch_size, "resume_key": _resume_key(self.cfg, self.vocab_size),
+                "layout": self.layout})
+        finally:
+            self._resume_hooks()
+
+    @property
+    def layout(self) -> dict:
+        t = self.cfg.train
+        return {"tp": t.tensor_model_parallel_size, "pp": t.pipeline_model_parallel_size, "dp": self.dp_size,
+                "vpp": self.vpp}
+
+    def load(self, root: Path) -> int:
+        """Restore model, optimizer, scheduler, RNG (same layout) from the latest checkpoint; return its step.
+
+        Raises:
+            MegasynthError: the checkpoint belongs to a run with different data/schedule/model settings.
+        """
+        from megasynth.train.checkpoint import latest_checkpoint, load_checkpoint, read_common
+
+        path = latest_checkpoint(root)
+        common = read_common(path)
+        want = _resume_key(self.cfg, self.vocab_size)
+        saved = common.get("resume_key", {})
+        diff = [k for k in want if saved.get(k) != want[k]]
+        if diff:
+            k = diff[0]
+            raise MegasynthError(f"{path}: saved with {k}={saved.get(k)!r}, now {want[k]!r}; delete "
+                                 f"{root.parent} to restart this run")
+        old = common.get("layout", {})
+        same = (old.get("tp"), old.get("pp")) == (self.layout["tp"], self.layout["pp"])
+        common = load_checkpoint(self.model, path, self.optimizer, self.scheduler, load_rng=same)
+        step = int(common["iteration"])
+        if int(common.get("consumed_samples", -1)) != step * self.cfg.train.global_batch_size:
+            raise MegasynthError(f"{path}: consumed_samples {common.get('consumed_samples')} does not match "
+                                 f"iteration {step} x global_batch_size")
+        if not same:
+            from megasynth.model import cpu_compat
+
+            cpu_compat.manual_seed(self.cfg.train.seed + step)
+            logger.info("%s: resharded %s -> %s; RNG re-seeded", self.name, old, self.layout)
+        self._train_iter = None
+        return step
 
     @property
     def lr(self) -> float:
@@ -299,27 +479,41 @@ def _rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _resumable(ckpt_root: Path) -> bool:
+    """True when ``ckpt_root`` has a latest full (resumable) checkpoint."""
+    from megasynth.train.checkpoint import latest_checkpoint, read_common
+
+    try:
+        return "opt_param_scheduler" in read_common(latest_checkpoint(ckpt_root))
+    except (MegasynthError, OSError, RuntimeError, ValueError):
+        return False
+
+
 def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> dict:
-    """Train (or skip, if complete) the run of mixture ``mixture_name``; return its summary.
+    """Train (resume, or skip if complete) the run of mixture ``mixture_name``; return its summary.
 
     Writes ``runs/<mix>/{config.yaml, tb/, checkpoints/, metrics.jsonl, evals.jsonl, summary.json}`` and
-    marks ``summary.json`` done last. A run directory without the marker is wiped first.
+    marks ``summary.json`` done last. A run directory without the marker resumes from its latest full
+    checkpoint (rows of ``metrics.jsonl``/``evals.jsonl`` after it are dropped) or, without one, is
+    wiped first. Call on every rank under ``torchrun``.
 
     Returns:
         The ``summary.json`` record: ``mixture``, ``preset``, ``n_params``, ``n_params_non_embedding``,
         ``vocab_size`` (tokenizer ids), ``train_tokens``, ``final_train_loss`` (nats/token),
-        ``tokens_per_s`` (training tokens per second of optimizer steps), ``wall_s`` (whole run),
-        ``synthetic_ratio``; plus ``padded_vocab_size``, ``train_iters``, ``final_eval_loss``
-        (``{eval_set: loss}``).
+        ``tokens_per_s`` (training tokens per second of optimizer steps), ``wall_s`` (this invocation plus
+        the training seconds of steps before a resume), ``synthetic_ratio``; plus ``padded_vocab_size``,
+        ``train_iters``, ``final_eval_loss`` (``{eval_set: loss}``), ``parallel`` (tp/pp/dp/vpp),
+        ``tflops_per_device``, ``mfu`` (None without a peak), ``resumed_from`` (step or None).
 
     Raises:
-        MegasynthError: unknown mixture, missing mixture/tokenized files, bad parallel sizes.
+        MegasynthError: unknown mixture, missing mixture/tokenized files, bad parallel sizes, a checkpoint
+            of a run with different settings.
+        TrainingInterrupted: SIGTERM/SIGUSR1 arrived; a checkpoint was saved and a rerun resumes from it.
     """
     import torch.distributed as dist
 
     from megasynth.data.tokenizer import load_tokenizer
-    from megasynth.train.checkpoint import save_checkpoint
-    from megasynth.train.metrics import MetricsLogger
+    from megasynth.train.metrics import MetricsLogger, peak_tflops
 
     mixes = {mx.name: mx for mx in cfg.mixtures}
     if mixture_name not in mixes:
@@ -332,8 +526,18 @@ def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> d
     mixture = read_mixture(layout, mixture_name)
     t = cfg.train
     start = time.monotonic()
-    if _rank0() and run_dir.exists():
-        logger.info("%s: incomplete run directory, restarting from scratch", mixture_name)
+    ckpt_root = run_dir / "checkpoints"
+    from megasynth.model import builder
+
+    builder.init_parallel(t.tensor_model_parallel_size, t.pipeline_model_parallel_size, seed=t.seed,
+                          virtual_pipeline_model_parallel_size=getattr(t, "virtual_pipeline_model_parallel_size", None))
+    resume = _resumable(ckpt_root)
+    if dist.get_world_size() > 1:  # every rank must take the same branch
+        flag = torch.tensor([int(resume)], device="cuda" if torch.cuda.is_available() else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        resume = bool(flag.item())
+    if _rank0() and run_dir.exists() and not resume:
+        logger.info("%s: incomplete run directory without a checkpoint, restarting from scratch", mixture_name)
         shutil.rmtree(run_dir)
     if dist.is_initialized():
         dist.barrier()
@@ -341,13 +545,22 @@ def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> d
 
     tokenizer = load_tokenizer(cfg.tokenizer, layout)
     run = _Run(cfg, layout, mixture_name, tokenizer, mixture["_blend"], run_dir)
-    logger.info("%s: %s, %d params (%d non-embedding), %d steps x %d tokens, %d micro batches/step",
-                mixture_name, cfg.model.preset, run.n_params, run.n_params_non_embedding, t.train_iters,
-                run.tokens_per_step, run.num_micro)
-    metrics = MetricsLogger(run_dir, mixture_name, t.train_iters, t.log_interval, enabled=_rank0())
-    loss, eval_losses = float("nan"), {}
+    first = run.load(ckpt_root) if resume else 0
+    if resume:
+        logger.info("%s: resuming from step %d (%s)", mixture_name, first, ckpt_root)
+    logger.info("%s: %s, %d params (%d non-embedding), %d steps x %d tokens, %d micro batches/step, "
+                "tp %d pp %d dp %d vpp %s", mixture_name, cfg.model.preset, run.n_params, run.n_params_non_embedding,
+                t.train_iters, run.tokens_per_step, run.num_micro, run.layout["tp"], run.layout["pp"], run.dp_size,
+                run.vpp)
+    peak = peak_tflops(getattr(t, "peak_tflops", None))
+    metrics = MetricsLogger(run_dir, mixture_name, t.train_iters, t.log_interval, enabled=_rank0(),
+                            flops_per_token=run.flops_per_token, num_devices=run.world_size, peak_tflops=peak,
+                            start_step=first)
+    stop = StopSignal(enabled=getattr(t, "exit_signal_handler", True))
+    loss, eval_losses = metrics.last_loss, metrics.last_eval_losses
+    saved_at = first if resume else None
     try:
-        for step in range(1, t.train_iters + 1):
+        for step in range(first + 1, t.train_iters + 1):
             t0 = time.monotonic()
             lr = run.lr  # the lr this step uses
             loss, grad_norm = run.train_step(step - 1)
@@ -360,9 +573,19 @@ def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> d
                     eval_losses[ev] = run.evaluate(ds)
                     metrics.log_eval(step, consumed, ev, eval_losses[ev])
             if t.save_interval and step % t.save_interval == 0 and step != t.train_iters:
-                save_checkpoint(run.model, run_dir / "checkpoints", step)
-        save_checkpoint(run.model, run_dir / "checkpoints", t.train_iters)
+                run.save(ckpt_root, step)
+                saved_at = step
+            signum = stop.received() if stop.enabled else None
+            if signum and step != t.train_iters:
+                if saved_at != step:
+                    run.save(ckpt_root, step)
+                metrics.close()
+                raise TrainingInterrupted(f"{mixture_name}: stopped by {signal.Signals(signum).name} after step "
+                                          f"{step}/{t.train_iters}; checkpoint saved, rerun to resume")
+        if saved_at != t.train_iters:
+            run.save(ckpt_root, t.train_iters)
     finally:
+        stop.close()
         metrics.close()
 
     summary = {
@@ -377,8 +600,12 @@ def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> d
         "final_train_loss": loss,
         "final_eval_loss": eval_losses,
         "tokens_per_s": round(metrics.train_tokens_per_s, 1),
-        "wall_s": round(time.monotonic() - start, 2),
+        "tflops_per_device": round(metrics.tflops_per_device, 4),
+        "mfu": None if metrics.mfu is None else round(metrics.mfu, 4),
+        "wall_s": round(time.monotonic() - start + metrics.resumed_train_s, 2),
         "synthetic_ratio": synthetic_ratio(mixes[mixture_name].sources, cfg.synthetic_sources),
+        "parallel": run.layout,
+        "resumed_from": first if resume else None,
     }
     if _rank0():
         with atomic_path(run_dir / "config.yaml") as tmp:
