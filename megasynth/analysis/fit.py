@@ -48,6 +48,18 @@ __all__ = ["LawSpec", "DataLaw", "RectifiedLaw", "LawFit", "DataLawFit", "Rectif
 # --------------------------------------------------------------------------------------------------
 # Law specifications
 # --------------------------------------------------------------------------------------------------
+def _check_token_counts(X: np.ndarray, params: str) -> None:
+    """Budgets D for a one-input law: 1-D, finite, > 0, at least one distinct value per parameter."""
+    if X.ndim != 1:
+        raise MegasynthError(f"D must be a 1-D array of token counts, got shape {X.shape}")
+    bad = np.flatnonzero(~np.isfinite(X) | (X <= 0))
+    if bad.size:
+        raise MegasynthError(f"D must be finite and > 0 (tokens); D[{bad[0]}] = {X[bad[0]]!r}")
+    need = len(params.split(","))
+    if np.unique(X).size < need:
+        raise MegasynthError(f"need at least {need} distinct D values to fit {params}; got {np.unique(X).size}")
+
+
 class LawSpec:
     """A scaling-law family fitted in log space.
 
@@ -166,14 +178,7 @@ class DataLaw(LawSpec):
 
     @staticmethod
     def validate_inputs(X: np.ndarray) -> None:
-        if X.ndim != 1:
-            raise MegasynthError(f"D must be a 1-D array of token counts, got shape {X.shape}")
-        bad = np.flatnonzero(~np.isfinite(X) | (X <= 0))
-        if bad.size:
-            raise MegasynthError(f"D must be finite and > 0 (tokens); D[{bad[0]}] = {X[bad[0]]!r}")
-        if np.unique(X).size < 3:
-            raise MegasynthError(
-                f"need at least 3 distinct D values to fit E, B, beta; got {np.unique(X).size}")
+        _check_token_counts(X, "E, B, beta")
 
 
 class RectifiedLaw(LawSpec):
@@ -242,14 +247,7 @@ class RectifiedLaw(LawSpec):
 
     @staticmethod
     def validate_inputs(X: np.ndarray) -> None:
-        if X.ndim != 1:
-            raise MegasynthError(f"D must be a 1-D array of token counts, got shape {X.shape}")
-        bad = np.flatnonzero(~np.isfinite(X) | (X <= 0))
-        if bad.size:
-            raise MegasynthError(f"D must be finite and > 0 (tokens); D[{bad[0]}] = {X[bad[0]]!r}")
-        if np.unique(X).size < 4:
-            raise MegasynthError(
-                f"need at least 4 distinct D values to fit E, B, D_l, beta; got {np.unique(X).size}")
+        _check_token_counts(X, "E, B, D_l, beta")
 
 
 # --------------------------------------------------------------------------------------------------
