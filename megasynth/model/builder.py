@@ -163,6 +163,9 @@ def _require_te() -> None:
         import transformer_engine  # noqa: F401  # type: ignore[import-not-found]
     except ImportError:
         raise MegasynthError(_TE_INSTALL) from None
+    except RuntimeError as e:  # a half-installed TE (e.g. no CUDA libraries) raises on import
+        raise MegasynthError(f"model.transformer_impl: transformer_engine is installed but fails to import ({e}); "
+                             + _TE_INSTALL) from None
 
 
 def layer_spec(model_cfg: "ModelConfig"):
