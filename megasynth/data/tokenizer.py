@@ -35,7 +35,7 @@ from megatron.core.tokenizers import MegatronTokenizerBase
 from megasynth.data.llama3_bpe import (  # noqa: F401 - re-exported
     _LLAMA3_SPECIALS, _LONG_RUN, _MAX_NO_WHITESPACES_CHARS, _TIKTOKEN_MAX_ENCODE_CHARS, LLAMA3_NUM_RESERVED_SPECIAL_TOKENS,
     LLAMA3_PAT_STR, _bytes_to_unicode, _split_whitespaces_or_nonwhitespaces, llama3_model_path, load_llama3_encoding)
-from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done
+from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, read_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from megasynth.config import TokenizerConfig
@@ -307,10 +307,7 @@ def load_tokenizer_dir(path: str | os.PathLike) -> MegasynthTokenizer:
         raise MegasynthError(f"{path}: tokenizer directory not found")
     meta_path = path / META_FILE
     if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise MegasynthError(f"{meta_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        meta = read_json(meta_path)
         if meta.get("kind") == "llama3":
             return TiktokenTokenizer(path / meta.get("file", "tokenizer.model"))
         return HFTokenizer(path / meta.get("file", "tokenizer.json"), meta["name"], meta.get("kind", "huggingface"),
@@ -324,10 +321,7 @@ def _load_hf_dir(path: Path) -> MegasynthTokenizer:
     for fname in ("special_tokens_map.json", "tokenizer_config.json"):
         f = path / fname
         if f.exists():
-            try:
-                d = json.loads(f.read_text())
-            except json.JSONDecodeError as e:
-                raise MegasynthError(f"{f}:{e.lineno}: invalid JSON ({e.msg})") from None
+            d = read_json(f)
             for key in ("eos_token", "bos_token", "pad_token"):
                 v = d.get(key)
                 if isinstance(v, dict):
