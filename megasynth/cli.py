@@ -1,14 +1,17 @@
-"""``megasynth <stage> STUDY.yaml [key=value ...]``: run a study or one of its stages.
+"""``megasynth <command> ...``: run a study or one of its stages, or analyse a results table.
 
-Stages: corpora, generate, preprocess, mix, train, evaluate, report; ``run`` runs them all in order,
-skipping what is complete. Trailing ``key=value`` arguments override study-file fields with dotted
-paths (``train.train_iters=20``, ``mixtures.0.sources.sotu=1.0``).
+Study commands, ``megasynth <stage> STUDY.yaml [key=value ...] [--study-dir DIR] [--dry-run] [-v]``: every
+stage of :data:`megasynth.study.stages.STAGES`, and ``run`` (all stages in order, skipping what is
+complete). ``key=value`` arguments override study-file fields with dotted paths
+(``train.train_iters=20``, ``mixtures.0.sources.sotu=1.0``) and may stand before or after the options.
+``--dry-run`` prints the resolved config and which stages would run, and writes nothing.
 
 Analysis of any results table (one machine or a cluster sweep) runs outside a study:
 ``megasynth fit TABLE --law chinchilla ...`` and ``megasynth analyze {optimal-ratio,efficiency,unigrams,
 generators} ...`` (see :mod:`megasynth.analysis.cli`).
 
-Exit codes: 0 success, 2 bad input (one-line error naming the field or ``file:line``), 1 other errors.
+Exit codes: 0 success, 2 bad input (one-line error naming the field or ``file:line``), 1 other errors,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,37 +20,43 @@ import argparse
 import logging
 import sys
 
-from megasynth.study.runner import STAGES
-
-COMMANDS = {
-    "corpora": "normalise natural corpora and held-out eval sets to JSONL",
-    "generate": "generate synthetic corpora (HQ, QA, TXBK) with the LLM generator through vLLM",
-    "preprocess": "tokenize every corpus into Megatron indexed datasets (.bin/.idx)",
-    "mix": "turn mixtures (token ratios of named sources) into Megatron blend weights",
-    "train": "train one Llama-3 megatron-core model per mixture",
-    "evaluate": "collect held-out losses of every run into results.csv",
-    "report": "fit L(D) = E + B/D^beta per mixture and eval set; write report/report.md and plots",
-    "run": "run every stage in order, skipping what is complete",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megasynth", description=__doc__.split("\n\n")[0])
-    parser.epilog = "also: " + "; ".join(f"megasynth {k} ... ({v})" for k, v in ANALYSIS_COMMANDS.items())
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("study", help="study file (YAML), e.g. examples/quickstart.yaml")
-        p.add_argument("overrides", nargs="*", help="dotted key=value overrides of study-file fields")
-        p.add_argument("--study-dir", help="output directory (overrides study_dir in the study file)")
-        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
-
+from megasynth.study.stages import RUN_HELP, STAGES
 
 ANALYSIS_COMMANDS = {
     "fit": "fit scaling laws (data, rectified, Chinchilla) to a results table (CSV/Parquet)",
     "analyze": "optimal ratio, compute efficiency, unigram statistics, generator comparison",
 }
+
+
+def study_commands() -> dict[str, str]:
+    """Command name -> one-line help of every command that runs a study: the stages, then ``run``."""
+    return {**{s.name: s.help for s in STAGES}, "run": RUN_HELP}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: ``megasynth --help`` lists every command with its one-line help."""
+    commands = {**study_commands(), **ANALYSIS_COMMANDS}
+    width = max(map(len, commands)) + 2
+    listing = "\n".join(f"  {name:<{width}}{help_}" for name, help_ in commands.items())
+    parser = argparse.ArgumentParser(
+        prog="megasynth", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="run the synthetic-data pre-training study (corpora → generation → tokenization → mixtures → "
+                    "training → results → report), or analyse a results table",
+        epilog=f"commands (`megasynth COMMAND --help` for the options of one):\n{listing}")
+    parser.add_argument("command", metavar="COMMAND", choices=list(commands), help="one of the commands below")
+    return parser
+
+
+def study_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one study command (``megasynth run --help``)."""
+    p = argparse.ArgumentParser(prog=f"megasynth {command}", description=study_commands()[command])
+    p.add_argument("study", help="study file (YAML), e.g. examples/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of study-file fields")
+    p.add_argument("--study-dir", help="output directory (overrides study_dir in the study file)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the stages that would "
+                   "run; write nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,28 +67,54 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging()
         return analysis_main(argv)
-    args = build_parser().parse_args(argv)
-    from megasynth.utils import MegasynthError, setup_logging
+    if not argv or argv[0] not in study_commands():
+        build_parser().parse_args(argv[:1])  # help, or a usage error naming the commands (exit 2)
+        return 2
+    command = argv[0]
+    args = study_parser(command).parse_intermixed_args(argv[1:])
+    from megasynth.utils import MegasynthError, cli_error, setup_logging
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         from megasynth.config import StudyConfig
-        from megasynth.study.runner import prepare_study_dir, run_stage, run_study
+        from megasynth.study.runner import prepare_study_dir, record_invocation, run_stage, run_study
 
         overrides = list(args.overrides)
         if args.study_dir:
             overrides.append(f"study_dir={args.study_dir}")
         cfg = StudyConfig.from_yaml(args.study, overrides)
-        if args.command == "run":
-            run_study(cfg, STAGES)
+        names = [s.name for s in STAGES] if command == "run" else [command]
+        if args.dry_run:
+            return _dry_run(cfg, names)
+        layout = prepare_study_dir(cfg, args.study)
+        record_invocation(layout, cfg, command, argv, overrides, args.study)
+        if command == "run":
+            run_study(cfg, layout)
         else:
-            run_stage(args.command, cfg, prepare_study_dir(cfg))
+            run_stage(command, cfg, layout)
     except MegasynthError as e:
-        print(f"megasynth: error: {e}", file=sys.stderr)
-        return 2
+        return cli_error(e)
     except KeyboardInterrupt:
         print("megasynth: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
+    return 0
+
+
+def _dry_run(cfg, names: list[str]) -> int:
+    """Print the resolved config and, per stage, whether it would run; read only."""
+    from megasynth.layout import StudyLayout
+    from megasynth.study.stages import STAGE
+
+    layout = StudyLayout.of(cfg.study_dir)
+    print("# resolved config")
+    print(cfg.to_yaml(), end="")
+    print(f"# stages ({layout.root})")
+    for name in names:
+        stage = STAGE[name]
+        reason = stage.skip_if(cfg) if stage.skip_if else None
+        if reason is None and layout.root.exists() and stage.is_done(cfg, layout):
+            reason = "complete"
+        print(f"{name}: {'skip (' + reason + ')' if reason else 'run'}")
     return 0
 
 

@@ -4,13 +4,20 @@ A study file is YAML whose top-level keys map to :class:`StudyConfig` fields. Un
 types and out-of-range values raise :class:`~megasynth.utils.MegasynthError` with a one-line message
 naming the dotted field, e.g. ``mixtures[2].sources.hq: ratio must be >= 0, got -0.1``.
 
+Sections by role (after torchtitan's ``config/configs.py`` and OLMo-core's ``Config.validate``): each
+section's ``validate(where)`` checks its own fields and names them by their dotted path;
+:meth:`StudyConfig.validate` adds only the checks across sections. :class:`RunConfig` is one training
+run, fully determined (what ``runs/<run_id>/run.yaml`` holds).
+
 Example::
 
     cfg = StudyConfig.from_yaml("examples/quickstart.yaml", overrides=["train.train_iters=20"])
+    cfg.train.optimizer.lr, cfg.train.parallel.tensor_model_parallel_size, cfg.train.checkpoint.save_interval
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -24,6 +31,8 @@ from megasynth.utils import MegasynthError
 
 # Names of synthetic styles the generation stage knows; each becomes a source named like the style.
 STYLES = ("hq", "qa", "txbk")
+SYNTHETIC_SOURCES = (*STYLES, "synthllm")
+"""Every name a synthetic source can have (the styles and SynthLLM's ``synthllm``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -51,6 +60,22 @@ class CorporaConfig:
     """Natural training corpora. The first one is the generation seed unless ``generation.source`` says."""
     eval: list[CorpusConfig] = field(default_factory=list)
     """Held-out evaluation sets of other domains; never used for training or tokenizer training."""
+
+    def validate(self, where: str = "corpora") -> None:
+        """At least one training corpus, unique names that are not synthetic source names, positive limits."""
+        if not self.train:
+            raise MegasynthError(f"{where}.train: at least one natural training corpus is required")
+        names: set[str] = set()
+        for section, lst in (("train", self.train), ("eval", self.eval)):
+            for i, c in enumerate(lst):
+                at = f"{where}.{section}[{i}]"
+                if c.name in names:
+                    raise MegasynthError(f"{at}.name: duplicate corpus name {c.name!r}")
+                if c.name in SYNTHETIC_SOURCES:
+                    raise MegasynthError(f"{at}.name: {c.name!r} is reserved for a synthetic source")
+                names.add(c.name)
+                if c.max_documents is not None and c.max_documents <= 0:
+                    raise MegasynthError(f"{at}.max_documents: must be > 0")
 
 
 @dataclass
@@ -124,6 +149,40 @@ class SynthLLMConfig:
     shard_size: Optional[int] = None
     """Records (requests) per shard for scores, concepts and outputs; ``None`` uses ``generation.shard_size``."""
 
+    def validate(self, where: str = "generation.synthllm") -> None:
+        """Range checks; raise :class:`MegasynthError` naming the dotted field."""
+        s, w = self, where
+        for fname in ("num_documents", "max_chars", "max_concepts", "max_concept_chars", "k_concepts",
+                      "walk_max_steps", "walk_max_attempts", "reference_tokens", "question_max_tokens",
+                      "score_max_tokens", "extract_max_tokens"):
+            if getattr(s, fname) <= 0:
+                raise MegasynthError(f"{w}.{fname}: must be > 0")
+        for fname in ("min_chars", "answer_max_tokens"):
+            if getattr(s, fname) < 0:
+                raise MegasynthError(f"{w}.{fname}: must be >= 0")
+        if s.min_chars > s.max_chars:
+            raise MegasynthError(f"{w}.min_chars: must be <= max_chars")
+        for fname in ("max_symbol_ratio", "min_stopword_ratio"):
+            if not 0 <= getattr(s, fname) <= 1:
+                raise MegasynthError(f"{w}.{fname}: must be in [0, 1], got {getattr(s, fname)}")
+        if not 1 <= s.score_threshold <= 5:
+            raise MegasynthError(f"{w}.score_threshold: must be in 1..5 (rating scale), got {s.score_threshold}")
+        if s.shard_size is not None and s.shard_size <= 0:
+            raise MegasynthError(f"{w}.shard_size: must be > 0")
+        if not s.samples_per_level:
+            raise MegasynthError(f"{w}.samples_per_level: at least one level is required")
+        for lvl, n in s.samples_per_level.items():
+            if lvl not in ("1", "2", "3"):
+                raise MegasynthError(f"{w}.samples_per_level.{lvl}: unknown level (known: 1, 2, 3)")
+            if not isinstance(n, int) or n < 0:
+                raise MegasynthError(f"{w}.samples_per_level.{lvl}: must be an integer >= 0, got {n!r}")
+        if s.samples_per_level.get("3", 0) > 0 and s.k_concepts < 3:
+            raise MegasynthError(f"{w}.k_concepts: must be >= 3 for level 3 (a co-occurring pair shares a document)")
+        if s.samples_per_level.get("2", 0) > 0 and s.k_concepts < 2:
+            raise MegasynthError(f"{w}.k_concepts: must be >= 2 for level 2")
+        if s.answer_model is not None and not Path(s.answer_model).is_dir():
+            raise MegasynthError(f"{w}.answer_model: model directory not found: {s.answer_model}")
+
 
 @dataclass
 class GenerationConfig:
@@ -162,6 +221,23 @@ class GenerationConfig:
     synthllm: SynthLLMConfig = field(default_factory=SynthLLMConfig)
     """SynthLLM concept-graph source ``synthllm`` (off by default)."""
 
+    def validate(self, where: str = "generation") -> None:
+        """Checks of an enabled generation section; raise :class:`MegasynthError` naming the dotted field."""
+        if not self.enabled:
+            return
+        for i, style in enumerate(self.styles):
+            if style not in STYLES:
+                raise MegasynthError(f"{where}.styles[{i}]: unknown style {style!r} (known: {', '.join(STYLES)})")
+        if self.model is not None and not Path(self.model).is_dir():
+            raise MegasynthError(f"{where}.model: model directory not found: {self.model}")
+        for fname in ("num_documents", "max_input_tokens", "shard_size", "tensor_parallel_size", "max_num_seqs"):
+            if getattr(self, fname) <= 0:
+                raise MegasynthError(f"{where}.{fname}: must be > 0")
+        if self.sampling.max_tokens <= 0:
+            raise MegasynthError(f"{where}.sampling.max_tokens: must be > 0")
+        if self.synthllm.enabled:
+            self.synthllm.validate(f"{where}.synthllm")
+
 
 @dataclass
 class TokenizerConfig:
@@ -176,6 +252,13 @@ class TokenizerConfig:
     train_max_documents: Optional[int] = None
     """Documents used to train ``bpe`` (None = all of the natural training corpora)."""
 
+    def validate(self, where: str = "tokenizer") -> None:
+        """The directory of a ``huggingface`` tokenizer exists; a ``bpe`` vocabulary holds the 256 bytes."""
+        if self.type == "huggingface" and not (self.path and Path(self.path).is_dir()):
+            raise MegasynthError(f"{where}.path: tokenizer directory not found: {self.path}")
+        if self.type == "bpe" and self.vocab_size < 300:
+            raise MegasynthError(f"{where}.vocab_size: must be >= 300 for a byte-level BPE")
+
 
 @dataclass
 class MixtureConfig:
@@ -184,6 +267,24 @@ class MixtureConfig:
     name: str
     sources: dict[str, float]
     """Source name -> share of training tokens; shares are >= 0 and sum to 1."""
+
+    def validate(self, where: str, known_sources: Optional[set[str]] = None) -> None:
+        """Shares are >= 0 and sum to 1; every source is in ``known_sources`` (when given)."""
+        if not self.sources:
+            raise MegasynthError(f"{where}.sources: empty")
+        for src, r in self.sources.items():
+            if known_sources is not None and src not in known_sources:
+                raise MegasynthError(
+                    f"{where}.sources.{src}: unknown source (known: {', '.join(sorted(known_sources))})")
+            if not isinstance(r, (int, float)) or math.isnan(r) or r < 0:
+                raise MegasynthError(f"{where}.sources.{src}: ratio must be >= 0, got {r}")
+        total = sum(self.sources.values())
+        if abs(total - 1.0) > 1e-6:
+            raise MegasynthError(f"{where}.sources: ratios must sum to 1, got {total:g}")
+
+    def synthetic_sources(self) -> list[str]:
+        """Synthetic sources with a non-zero share, in mixture order."""
+        return [s for s, r in self.sources.items() if r > 0 and s in SYNTHETIC_SOURCES]
 
 
 @dataclass
@@ -203,40 +304,58 @@ class ModelConfig:
     num_layers_at_start_in_bf16: int = 1
     num_layers_at_end_in_bf16: int = 1
 
+    def validate(self, where: str = "model") -> None:
+        """Known preset; fp8 only with Transformer Engine; raise :class:`MegasynthError` naming the field."""
+        from megasynth.model.presets import PRESETS  # local import: presets import torch-free code only
+
+        if self.preset not in PRESETS:
+            raise MegasynthError(f"{where}.preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        if self.transformer_impl == "local" and self.precision == "fp8":
+            raise MegasynthError(f"{where}.precision: fp8 needs {where}.transformer_impl: transformer_engine")
+        if self.precision == "fp8" and self.first_last_layers_bf16 and self.fp8_recipe == "delayed":
+            raise MegasynthError(f"{where}.first_last_layers_bf16: not supported with fp8_recipe: delayed "
+                                 "(use tensorwise, mxfp8 or blockwise)")
+
 
 @dataclass
-class TrainConfig:
-    seq_length: int = 256
-    """Tokens per sample."""
-    micro_batch_size: int = 4
-    """Samples per micro batch per data-parallel rank."""
-    global_batch_size: int = 16
-    """Samples per optimizer step across data-parallel ranks (gradient accumulation fills the gap)."""
-    train_iters: int = 100
-    """Optimizer steps."""
+class OptimizerConfig:
+    """``train.optimizer``: megatron-core's AdamW and its ``OptimizerParamScheduler`` (learning-rate schedule)."""
+
     lr: float = 3e-3
+    """Peak learning rate (reached after ``lr_warmup_iters`` steps)."""
     min_lr: float = 3e-4
+    """Learning rate at ``train.train_iters`` after the decay."""
     lr_warmup_iters: int = 10
+    """Steps of linear warmup from 0 to ``lr``."""
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = 0.1
+    """Decoupled weight decay on matrices (not on norms)."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
-    eval_interval: int = 25
-    """Evaluate every this many steps (and at the last step); each evaluation is one budget row."""
-    eval_iters: int = 8
-    """Micro batches of held-out data per evaluation per eval set."""
-    log_interval: int = 5
-    save_interval: Optional[int] = None
-    """Steps between checkpoints; ``None`` saves only the final one."""
-    seed: int = 1234
+    """Gradient clipping at this global L2 norm."""
+
+    def validate(self, where: str = "train.optimizer") -> None:
+        """Range checks; raise :class:`MegasynthError` naming the dotted field."""
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise MegasynthError(f"{where}.min_lr: must satisfy 0 <= min_lr <= lr and lr > 0")
+        if self.lr_warmup_iters < 0:
+            raise MegasynthError(f"{where}.lr_warmup_iters: must be >= 0")
+
+
+@dataclass
+class ParallelConfig:
+    """``train.parallel``: how a run is laid out over devices (megatron-core parallel_state, DDP, memory).
+
+    Nothing here changes the loss curve beyond float reduction order, so it may change between attempts of
+    a run (``dist_checkpointing`` reshards on resume).
+    """
+
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     virtual_pipeline_model_parallel_size: Optional[int] = None
     """Model chunks per pipeline rank (interleaved 1F1B); layers must divide by pp * vpp."""
-    num_workers: int = 0
-    """DataLoader workers."""
     use_distributed_optimizer: bool = False
     """Shard optimizer state and fp32 master weights over data-parallel ranks (ZeRO-1)."""
     overlap_grad_reduce: bool = False
@@ -250,10 +369,106 @@ class TrainConfig:
     recompute_method: Optional[Literal["uniform", "block"]] = None
     """For ``full``: ``uniform`` (chunks of ``recompute_num_layers``) or ``block`` (first N layers per stage)."""
     recompute_num_layers: Optional[int] = None
+
+    def validate(self, where: str = "train.parallel") -> None:
+        """Range and compatibility checks; raise :class:`MegasynthError` naming the dotted field."""
+        for fname in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+            if getattr(self, fname) <= 0:
+                raise MegasynthError(f"{where}.{fname}: must be > 0")
+        if self.virtual_pipeline_model_parallel_size is not None and (
+                self.virtual_pipeline_model_parallel_size < 1 or self.pipeline_model_parallel_size < 2):
+            raise MegasynthError(f"{where}.virtual_pipeline_model_parallel_size: must be >= 1 and needs "
+                                 "pipeline_model_parallel_size >= 2")
+        if self.sequence_parallel and self.tensor_model_parallel_size < 2:
+            raise MegasynthError(f"{where}.sequence_parallel: needs tensor_model_parallel_size >= 2")
+        if self.recompute_granularity == "full" and (self.recompute_method is None or not self.recompute_num_layers):
+            raise MegasynthError(f"{where}.recompute_method: full recomputation needs recompute_method and "
+                                 "recompute_num_layers")
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            raise MegasynthError(f"{where}.overlap_param_gather: needs use_distributed_optimizer: true")
+
+    @property
+    def model_parallel_size(self) -> int:
+        """``tp * pp``: processes holding one copy of the model (the data-parallel size is world / this)."""
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+
+
+@dataclass
+class CheckpointConfig:
+    """``train.checkpoint``: when a run saves ``dist_checkpointing`` checkpoints."""
+
+    save_interval: Optional[int] = None
+    """Steps between checkpoints; ``None`` saves only the final one."""
     exit_signal_handler: bool = True
     """On SIGTERM/SIGUSR1, save a checkpoint after the current step and stop (SLURM preemption/time limit)."""
+
+    def validate(self, where: str = "train.checkpoint") -> None:
+        """Range checks; raise :class:`MegasynthError` naming the dotted field."""
+        if self.save_interval is not None and self.save_interval <= 0:
+            raise MegasynthError(f"{where}.save_interval: must be > 0 (null saves only the final checkpoint)")
+
+
+@dataclass
+class TrainConfig:
+    """``train``: batch, budget and evaluation of a run, with its ``optimizer``, ``parallel`` and
+    ``checkpoint`` sections."""
+
+    seq_length: int = 256
+    """Tokens per sample."""
+    micro_batch_size: int = 4
+    """Samples per micro batch per data-parallel rank."""
+    global_batch_size: int = 16
+    """Samples per optimizer step across data-parallel ranks (gradient accumulation fills the gap)."""
+    train_iters: int = 100
+    """Optimizer steps."""
+    eval_interval: int = 25
+    """Evaluate every this many steps (and at the last step); each evaluation is one budget row."""
+    eval_iters: int = 8
+    """Micro batches of held-out data per evaluation per eval set."""
+    log_interval: int = 5
+    """Console line every this many steps (``metrics.jsonl`` gets every step)."""
+    seed: int = 1234
+    """Seed of the initial weights, data order and RNG states."""
+    num_workers: int = 0
+    """DataLoader workers."""
     peak_tflops: Optional[float] = None
     """Peak dense TFLOP/s per device for MFU; ``None`` looks the GPU up (H100/H200/A100), no MFU on CPU."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self, where: str = "train") -> None:
+        """Check this section and its sections; raise :class:`MegasynthError` naming the dotted field."""
+        for fname in ("seq_length", "micro_batch_size", "global_batch_size", "train_iters", "eval_interval",
+                      "eval_iters", "log_interval"):
+            if getattr(self, fname) <= 0:
+                raise MegasynthError(f"{where}.{fname}: must be > 0")
+        if self.global_batch_size % self.micro_batch_size:
+            raise MegasynthError(f"{where}.global_batch_size: must be a multiple of {where}.micro_batch_size")
+        if self.num_workers < 0:
+            raise MegasynthError(f"{where}.num_workers: must be >= 0")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise MegasynthError(f"{where}.peak_tflops: must be > 0")
+        self.optimizer.validate(f"{where}.optimizer")
+        self.parallel.validate(f"{where}.parallel")
+        self.checkpoint.validate(f"{where}.checkpoint")
+        if self.optimizer.lr_warmup_iters >= self.train_iters:
+            raise MegasynthError(f"{where}.optimizer.lr_warmup_iters: must be in [0, {where}.train_iters)")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Training tokens per optimizer step (``global_batch_size * seq_length``)."""
+        return self.global_batch_size * self.seq_length
+
+    @property
+    def train_samples(self) -> int:
+        """Training samples of the whole run (``train_iters * global_batch_size``)."""
+        return self.train_iters * self.global_batch_size
+
+    @property
+    def train_tokens(self) -> int:
+        """Training tokens of the whole run (D of the scaling laws)."""
+        return self.train_iters * self.tokens_per_step
 
 
 @dataclass
@@ -269,13 +484,25 @@ class ReportConfig:
     huber_delta: float = 1e-3
     """Huber δ on log-loss residuals (Hoffmann et al. 2022 use 1e-3)."""
 
+    def validate(self, where: str = "report") -> None:
+        """Range checks; raise :class:`MegasynthError` naming the dotted field."""
+        if self.bootstrap < 0:
+            raise MegasynthError(f"{where}.bootstrap: must be >= 0")
+        if not 0 < self.ci_level < 1:
+            raise MegasynthError(f"{where}.ci_level: must be in (0, 1), got {self.ci_level}")
+        if self.huber_delta <= 0:
+            raise MegasynthError(f"{where}.huber_delta: must be > 0")
+
 
 @dataclass
 class StudyConfig:
+    """A whole study: corpora, generation, tokenizer, mixtures, and the model and training of its runs."""
+
     name: str = "study"
     study_dir: str = "studies/study"
     """Root directory of the study's outputs (relative paths are relative to the working directory)."""
     seed: int = 1234
+    """Seed of excerpt sampling, SynthLLM combinations and bootstrap resampling (runs use ``train.seed``)."""
     corpora: CorporaConfig = field(default_factory=CorporaConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -292,20 +519,7 @@ class StudyConfig:
         Raises:
             MegasynthError: missing file, YAML syntax error (``file:line``), unknown key, bad value.
         """
-        path = Path(path)
-        if not path.exists():
-            raise MegasynthError(f"{path}: study file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise MegasynthError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(data, dict):
-            raise MegasynthError(f"{path}: top level must be a mapping")
-        for ov in overrides or []:
-            apply_override(data, ov)
-        return cls.from_dict(data)
+        return cls.from_dict(read_yaml(path, "study file", overrides))
 
     @classmethod
     def from_dict(cls, data: dict) -> "StudyConfig":
@@ -338,139 +552,190 @@ class StudyConfig:
     def eval_sets(self) -> list[str]:
         return [c.name for c in self.corpora.eval]
 
+    def mixture(self, name: str) -> MixtureConfig:
+        """The mixture named ``name``.
+
+        Raises:
+            MegasynthError: no such mixture.
+        """
+        for m in self.mixtures:
+            if m.name == name:
+                return m
+        raise MegasynthError(f"mixtures: unknown mixture {name!r} (known: {', '.join(m.name for m in self.mixtures)})")
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Check cross-field constraints; raise :class:`MegasynthError` naming the field."""
-        if not self.corpora.train:
-            raise MegasynthError("corpora.train: at least one natural training corpus is required")
-        names: dict[str, str] = {}
-        for section, lst in (("train", self.corpora.train), ("eval", self.corpora.eval)):
-            for i, c in enumerate(lst):
-                where = f"corpora.{section}[{i}].name"
-                if c.name in names:
-                    raise MegasynthError(f"{where}: duplicate corpus name {c.name!r}")
-                if c.name in (*STYLES, "synthllm"):
-                    raise MegasynthError(f"{where}: {c.name!r} is reserved for a synthetic source")
-                names[c.name] = section
-                if c.max_documents is not None and c.max_documents <= 0:
-                    raise MegasynthError(f"corpora.{section}[{i}].max_documents: must be > 0")
-        g = self.generation
-        if g.enabled:
-            for i, s in enumerate(g.styles):
-                if s not in STYLES:
-                    raise MegasynthError(f"generation.styles[{i}]: unknown style {s!r} (known: {', '.join(STYLES)})")
-            if names.get(self.generation_source) != "train":
-                raise MegasynthError(f"generation.source: {self.generation_source!r} is not a corpora.train name")
-            if g.model is not None and not Path(g.model).is_dir():
-                raise MegasynthError(f"generation.model: model directory not found: {g.model}")
-            for fname in ("num_documents", "max_input_tokens", "shard_size", "tensor_parallel_size", "max_num_seqs"):
-                if getattr(g, fname) <= 0:
-                    raise MegasynthError(f"generation.{fname}: must be > 0")
-            if g.sampling.max_tokens <= 0:
-                raise MegasynthError("generation.sampling.max_tokens: must be > 0")
-            if g.synthllm.enabled:
-                _validate_synthllm(g.synthllm)
-        if self.tokenizer.type == "huggingface" and not (self.tokenizer.path and Path(self.tokenizer.path).is_dir()):
-            raise MegasynthError(f"tokenizer.path: tokenizer directory not found: {self.tokenizer.path}")
-        if self.tokenizer.type == "bpe" and self.tokenizer.vocab_size < 300:
-            raise MegasynthError("tokenizer.vocab_size: must be >= 300 for a byte-level BPE")
+        """Each section validates itself; then the checks across sections. Raises :class:`MegasynthError`
+        naming the dotted field."""
+        self.corpora.validate("corpora")
+        self.generation.validate("generation")
+        self.tokenizer.validate("tokenizer")
+        self.model.validate("model")
+        self.train.validate("train")
+        self.report.validate("report")
+        if self.generation.enabled and self.generation_source not in self.natural_sources:
+            raise MegasynthError(f"generation.source: {self.generation_source!r} is not a corpora.train name")
         known_sources = set(self.natural_sources) | set(self.synthetic_sources)
         seen = set()
         for i, m in enumerate(self.mixtures):
             if m.name in seen:
                 raise MegasynthError(f"mixtures[{i}].name: duplicate mixture name {m.name!r}")
             seen.add(m.name)
-            if not m.sources:
-                raise MegasynthError(f"mixtures[{i}].sources: empty")
-            for src, r in m.sources.items():
-                if src not in known_sources:
-                    raise MegasynthError(
-                        f"mixtures[{i}].sources.{src}: unknown source (known: {', '.join(sorted(known_sources))})")
-                if not isinstance(r, (int, float)) or math.isnan(r) or r < 0:
-                    raise MegasynthError(f"mixtures[{i}].sources.{src}: ratio must be >= 0, got {r}")
-            total = sum(m.sources.values())
-            if abs(total - 1.0) > 1e-6:
-                raise MegasynthError(f"mixtures[{i}].sources: ratios must sum to 1, got {total:g}")
-        from megasynth.model.presets import PRESETS  # local import: presets import torch-free code only
-
-        if self.model.preset not in PRESETS:
-            raise MegasynthError(f"model.preset: unknown preset {self.model.preset!r} (known: {', '.join(PRESETS)})")
-        t = self.train
-        for fname in ("seq_length", "micro_batch_size", "global_batch_size", "train_iters", "eval_interval",
-                      "eval_iters", "log_interval", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
-            if getattr(t, fname) <= 0:
-                raise MegasynthError(f"train.{fname}: must be > 0")
-        if t.global_batch_size % t.micro_batch_size:
-            raise MegasynthError("train.global_batch_size: must be a multiple of train.micro_batch_size")
-        if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
-            raise MegasynthError("train.min_lr: must satisfy 0 <= min_lr <= lr and lr > 0")
-        if t.lr_warmup_iters < 0 or t.lr_warmup_iters >= t.train_iters:
-            raise MegasynthError("train.lr_warmup_iters: must be in [0, train_iters)")
-        if t.virtual_pipeline_model_parallel_size is not None and (
-                t.virtual_pipeline_model_parallel_size < 1 or t.pipeline_model_parallel_size < 2):
-            raise MegasynthError("train.virtual_pipeline_model_parallel_size: must be >= 1 and needs "
-                                 "pipeline_model_parallel_size >= 2")
-        if t.sequence_parallel and t.tensor_model_parallel_size < 2:
-            raise MegasynthError("train.sequence_parallel: needs tensor_model_parallel_size >= 2")
-        if t.recompute_granularity == "full" and (t.recompute_method is None or not t.recompute_num_layers):
-            raise MegasynthError("train.recompute_method: full recomputation needs recompute_method and "
-                                 "recompute_num_layers")
-        if t.overlap_param_gather and not t.use_distributed_optimizer:
-            raise MegasynthError("train.overlap_param_gather: needs use_distributed_optimizer: true")
-        if t.peak_tflops is not None and t.peak_tflops <= 0:
-            raise MegasynthError("train.peak_tflops: must be > 0")
-        r = self.report
-        if r.bootstrap < 0:
-            raise MegasynthError("report.bootstrap: must be >= 0")
-        if not 0 < r.ci_level < 1:
-            raise MegasynthError(f"report.ci_level: must be in (0, 1), got {r.ci_level}")
-        if r.huber_delta <= 0:
-            raise MegasynthError("report.huber_delta: must be > 0")
-        if self.model.transformer_impl == "local" and self.model.precision == "fp8":
-            raise MegasynthError("model.precision: fp8 needs model.transformer_impl: transformer_engine")
-        if self.model.precision == "fp8" and self.model.first_last_layers_bf16 and self.model.fp8_recipe == "delayed":
-            raise MegasynthError("model.first_last_layers_bf16: not supported with fp8_recipe: delayed "
-                                 "(use tensorwise, mxfp8 or blockwise)")
+            m.validate(f"mixtures[{i}]", known_sources)
 
 
-def _validate_synthllm(s: SynthLLMConfig) -> None:
-    """Range checks of ``generation.synthllm``; raise :class:`MegasynthError` naming the field."""
-    w = "generation.synthllm"
-    for fname in ("num_documents", "max_chars", "max_concepts", "max_concept_chars", "k_concepts",
-                  "walk_max_steps", "walk_max_attempts", "reference_tokens", "question_max_tokens",
-                  "score_max_tokens", "extract_max_tokens"):
-        if getattr(s, fname) <= 0:
-            raise MegasynthError(f"{w}.{fname}: must be > 0")
-    for fname in ("min_chars", "answer_max_tokens"):
-        if getattr(s, fname) < 0:
-            raise MegasynthError(f"{w}.{fname}: must be >= 0")
-    if s.min_chars > s.max_chars:
-        raise MegasynthError(f"{w}.min_chars: must be <= max_chars")
-    for fname in ("max_symbol_ratio", "min_stopword_ratio"):
-        if not 0 <= getattr(s, fname) <= 1:
-            raise MegasynthError(f"{w}.{fname}: must be in [0, 1], got {getattr(s, fname)}")
-    if not 1 <= s.score_threshold <= 5:
-        raise MegasynthError(f"{w}.score_threshold: must be in 1..5 (rating scale), got {s.score_threshold}")
-    if s.shard_size is not None and s.shard_size <= 0:
-        raise MegasynthError(f"{w}.shard_size: must be > 0")
-    if not s.samples_per_level:
-        raise MegasynthError(f"{w}.samples_per_level: at least one level is required")
-    for lvl, n in s.samples_per_level.items():
-        if lvl not in ("1", "2", "3"):
-            raise MegasynthError(f"{w}.samples_per_level.{lvl}: unknown level (known: 1, 2, 3)")
-        if not isinstance(n, int) or n < 0:
-            raise MegasynthError(f"{w}.samples_per_level.{lvl}: must be an integer >= 0, got {n!r}")
-    if s.samples_per_level.get("3", 0) > 0 and s.k_concepts < 3:
-        raise MegasynthError(f"{w}.k_concepts: must be >= 3 for level 3 (a co-occurring pair shares a document)")
-    if s.samples_per_level.get("2", 0) > 0 and s.k_concepts < 2:
-        raise MegasynthError(f"{w}.k_concepts: must be >= 2 for level 2")
-    if s.answer_model is not None and not Path(s.answer_model).is_dir():
-        raise MegasynthError(f"{w}.answer_model: model directory not found: {s.answer_model}")
+RUN_LAYOUT_FIELDS = ("run_id", "mixture.name", "train.parallel", "train.checkpoint", "train.log_interval",
+                     "train.num_workers", "train.peak_tflops")
+"""Fields of a :class:`RunConfig` that may change between attempts of a run: where it runs and what it
+logs and saves, never its loss curve. Every other field is part of :meth:`RunConfig.identity`."""
+
+
+@dataclass
+class RunConfig:
+    """One training run, fully determined: everything :func:`megasynth.train.train_one` reads.
+
+    Planned from a study by :func:`megasynth.study.runs.plan_runs`; written resolved to
+    ``runs/<run_id>/run.yaml`` when the run starts; ``python -m megasynth.study.launch runs/<run_id>/run.yaml``
+    trains exactly this run. A run directory whose ``run.yaml`` differs in an :meth:`identity` field is
+    another run: :meth:`check_same_run` refuses it.
+    """
+
+    run_id: str
+    """Directory name of the run (``runs/<run_id>/``); the mixture name for a study's default runs."""
+    mixture: MixtureConfig
+    """The data: named sources and their token shares (read from ``mixtures/<mixture.name>.json``)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    eval_sets: list[str] = field(default_factory=list)
+    """Held-out sets evaluated every ``train.eval_interval`` steps (``tokenized/<name>_text_document``)."""
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_study(cls, cfg: StudyConfig, mixture: str, run_id: Optional[str] = None) -> "RunConfig":
+        """The run of mixture ``mixture`` with the study's model, train, tokenizer and eval sets (copies).
+
+        Raises:
+            MegasynthError: unknown mixture, or an invalid ``run_id``.
+        """
+        run = cls(run_id=run_id or mixture, mixture=copy.deepcopy(cfg.mixture(mixture)),
+                  model=copy.deepcopy(cfg.model), train=copy.deepcopy(cfg.train),
+                  tokenizer=copy.deepcopy(cfg.tokenizer), eval_sets=list(cfg.eval_sets))
+        run.validate()
+        return run
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "RunConfig":
+        """Load a run file (``runs/<run_id>/run.yaml``) with dotted overrides.
+
+        Raises:
+            MegasynthError: missing file, YAML syntax error (``file:line``), unknown key, bad value.
+        """
+        return cls.from_dict(read_yaml(path, "run file", overrides))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        run = _build(cls, data, "")
+        run.validate()
+        return run
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def synthetic_sources(self) -> list[str]:
+        """Synthetic sources with a non-zero share in the mixture (results' ``synthetic_sources``)."""
+        return self.mixture.synthetic_sources()
+
+    @property
+    def synthetic_ratio(self) -> float:
+        """Share of the run's training tokens from synthetic sources (sum of their requested shares)."""
+        total = sum(self.mixture.sources.values())
+        return sum(self.mixture.sources[s] for s in self.synthetic_sources) / total if total else 0.0
+
+    def identity(self) -> dict[str, Any]:
+        """``{dotted field: value}`` of every field that determines the run's loss curve (all but
+        :data:`RUN_LAYOUT_FIELDS`), in declaration order."""
+        return {k: v for k, v in _flatten(self, "").items()
+                if not any(k == f or k.startswith(f + ".") for f in RUN_LAYOUT_FIELDS)}
+
+    def check_same_run(self, saved: "RunConfig", where: str | Path) -> None:
+        """Raise unless ``saved`` (the ``run.yaml`` at ``where``) describes this same run.
+
+        Raises:
+            MegasynthError: ``<where>: run 'x' was trained with train.train_iters=100, now 200; ...``,
+                naming the first :meth:`identity` field that differs.
+        """
+        old, new = saved.identity(), self.identity()
+        for key in dict.fromkeys([*new, *old]):
+            if old.get(key) != new.get(key):
+                raise MegasynthError(
+                    f"{where}: run {self.run_id!r} was trained with {key}={old.get(key)!r}, now {new.get(key)!r}; "
+                    f"give the new setting a new study_dir (or delete {Path(where).parent} to retrain)")
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Each section validates itself, plus the run id and the eval sets."""
+        if not self.run_id or self.run_id in (".", "..") or "/" in self.run_id or "\\" in self.run_id:
+            raise MegasynthError(f"run_id: {self.run_id!r} is not a directory name")
+        self.mixture.validate("mixture")
+        self.model.validate("model")
+        self.train.validate("train")
+        self.tokenizer.validate("tokenizer")
+        if len(set(self.eval_sets)) != len(self.eval_sets):
+            raise MegasynthError(f"eval_sets: duplicate name in {self.eval_sets}")
+
+
+def read_yaml(path: str | Path, what: str, overrides: list[str] | None = None) -> dict:
+    """A YAML mapping from ``path`` with dotted ``key=value`` overrides applied.
+
+    Raises:
+        MegasynthError: ``<path>: <what> not found``, ``<path>:<line>: invalid YAML (...)``, not a mapping.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MegasynthError(f"{path}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise MegasynthError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise MegasynthError(f"{path}: top level must be a mapping")
+    for ov in overrides or []:
+        apply_override(data, ov)
+    return data
+
+
+def _flatten(obj: Any, prefix: str) -> dict[str, Any]:
+    """Dataclass fields as ``{dotted name: value}``, recursing into nested dataclasses only."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = _join(prefix, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, key))
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # dict -> dataclass with field-naming errors
 # --------------------------------------------------------------------------------------------------
+MOVED_KEYS = {
+    **{f"train.{k}": f"train.optimizer.{k}" for k in (f.name for f in dataclasses.fields(OptimizerConfig))},
+    **{f"train.{k}": f"train.parallel.{k}" for k in (f.name for f in dataclasses.fields(ParallelConfig))},
+    **{f"train.{k}": f"train.checkpoint.{k}" for k in (f.name for f in dataclasses.fields(CheckpointConfig))},
+}
+"""Keys of study files written before ``train`` had sections -> their place now (named in the error)."""
+
+
 def _build(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -482,8 +747,9 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         fields = {f.name: f for f in dataclasses.fields(tp)}
         for key in value:
             if key not in fields:
-                raise MegasynthError(
-                    f"{_join(where, key)}: unknown key (known: {', '.join(fields)})")
+                moved = MOVED_KEYS.get(_join(where, key))
+                raise MegasynthError(f"{_join(where, key)}: moved to {moved}" if moved else
+                                     f"{_join(where, key)}: unknown key (known: {', '.join(fields)})")
         kwargs = {}
         for name, f in fields.items():
             if name in value:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,16 @@ class MegasynthError(Exception):
     The message is one line naming the field or ``file:line``. The CLI prints it and exits with
     code 2.
     """
+
+
+def cli_error(message: object, prog: str = "megasynth") -> int:
+    """Print ``<prog>: error: <message>`` (its first line) to stderr; return 2, the exit status of bad input.
+
+    Every command line of the project reports a :class:`MegasynthError` through this one helper.
+    """
+    text = str(message).splitlines()[0] if str(message) else type(message).__name__
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    return 2
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -1,7 +1,7 @@
 """Worker of tests/test_parallel.py, run under ``torchrun --nproc-per-node 2`` (gloo on CPU).
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/parallel_worker.py STUDY.yaml \
-        RUN:train.key=value,model.key=value ...
+        RUN:train.parallel.key=value,model.key=value ...
 
 Trains each named run (a mixture of the study) in turn in the same two processes, with the given
 dotted overrides (parallel sizes); megatron's parallel groups are rebuilt between runs.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from megasynth.config import StudyConfig
-from megasynth.study.layout import StudyLayout
+from megasynth.config import RunConfig, StudyConfig
+from megasynth.layout import StudyLayout
 from megasynth.train import train_one
 from megasynth.utils import setup_logging
 
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     for spec in runs:
         name, _, overrides = spec.partition(":")
         cfg = StudyConfig.from_yaml(study, [kv for kv in overrides.split(",") if kv])
-        train_one(cfg, StudyLayout.of(cfg.study_dir), name)
+        train_one(RunConfig.from_study(cfg, name), StudyLayout.of(cfg.study_dir))
 
     from megasynth.model import builder
 

@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pytest
 
-from megasynth.analysis import fit_data_law, read_results, run_evaluate, run_report
-from megasynth.analysis.fit import DataLawFit
+from megasynth.analysis import fit_data_law, read_results, run_report
+from megasynth.analysis.laws import DataLawFit
 from megasynth.config import StudyConfig
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, marker_path
 
 TRUE = {"E": 1.8, "B": 400.0, "beta": 0.3}
@@ -85,6 +85,13 @@ def test_fit_bad_options():
 TOKENS_PER_STEP = 16 * 256
 
 
+def _stage(name: str, cfg: StudyConfig, layout: StudyLayout) -> None:
+    """Run a stage as the study runner does (skipped while its completion check holds)."""
+    from megasynth.study.runner import run_stage
+
+    run_stage(name, cfg, layout)
+
+
 def _cfg(tmp_path) -> StudyConfig:
     cfg = StudyConfig.from_dict({
         "name": "unit", "study_dir": str(tmp_path / "study"),
@@ -126,7 +133,7 @@ def test_run_evaluate_collects_finished_runs(tmp_path, caplog):
     _write_run(layout, "qa33", 0.33, {"wiki": [9.9]}, [10], finished=False)
 
     with caplog.at_level(logging.WARNING, logger="megasynth"):
-        run_evaluate(cfg, layout)
+        _stage("evaluate", cfg, layout)
     assert "run qa33 is not finished" in caplog.text
 
     with open(layout.results, newline="") as f:
@@ -149,11 +156,11 @@ def test_run_evaluate_collects_finished_runs(tmp_path, caplog):
 
     # Rerun with unchanged inputs: skipped (file untouched); a run that finishes since: regenerated.
     mtime = layout.results.stat().st_mtime_ns
-    run_evaluate(cfg, layout)
+    _stage("evaluate", cfg, layout)
     assert layout.results.stat().st_mtime_ns == mtime
     (layout.run_dir("qa33") / "summary.json").write_text(
         (layout.run_dir("natural") / "summary.json").read_text().replace('"natural"', '"qa33"'))
-    run_evaluate(cfg, layout)
+    _stage("evaluate", cfg, layout)
     assert [r.run for r in read_results(layout.results)].count("qa33") == 1
 
 
@@ -164,10 +171,10 @@ def test_run_evaluate_bad_summary_names_file_and_field(tmp_path):
     (layout.run_dir("natural") / "evals.jsonl").write_text('{"step": 1, "consumed_tokens": "x", '
                                                             '"eval_set": "wiki", "loss": 3.0}\n')
     with pytest.raises(MegasynthError, match=r"evals.jsonl:1: consumed_tokens: expected an integer"):
-        run_evaluate(cfg, layout)
+        _stage("evaluate", cfg, layout)
     (layout.run_dir("natural") / "summary.json").write_text('{"mixture": "natural"}')
     with pytest.raises(MegasynthError, match=r"summary.json: missing key 'preset'"):
-        run_evaluate(cfg, layout)
+        _stage("evaluate", cfg, layout)
 
 
 def test_run_report_writes_fits_markdown_and_pngs(tmp_path):
@@ -186,8 +193,8 @@ def test_run_report_writes_fits_markdown_and_pngs(tmp_path):
         "source_tokens": {"hq": 10, "sotu": 100}, "requested_share": {"hq": 0.33, "sotu": 0.67},
         "realised_share": {"hq": 0.331, "sotu": 0.669}, "epochs": {"hq": 4.5, "sotu": 0.8},
         "warnings": ["hq: small corpus"]}))
-    run_evaluate(cfg, layout)
-    run_report(cfg, layout)
+    _stage("evaluate", cfg, layout)
+    _stage("report", cfg, layout)
 
     fits = json.loads((layout.fits_dir / "data_law.json").read_text())
     assert fits["law"] == "data"
@@ -228,10 +235,10 @@ def test_run_report_writes_fits_markdown_and_pngs(tmp_path):
 
     # Rerun with the same inputs skips; changed config (report section) regenerates.
     mtime = (layout.report_dir / "report.md").stat().st_mtime_ns
-    run_report(cfg, layout)
+    _stage("report", cfg, layout)
     assert (layout.report_dir / "report.md").stat().st_mtime_ns == mtime
     cfg.report.fit_min_points = 7
-    run_report(cfg, layout)
+    _stage("report", cfg, layout)
     fits = json.loads((layout.fits_dir / "data_law.json").read_text())
     assert fits["fits"] == [] and len(fits["skipped"]) == 6
     assert "No group had enough budgets to fit." in (layout.report_dir / "report.md").read_text()

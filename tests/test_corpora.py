@@ -11,7 +11,7 @@ import pytest
 
 from megasynth.config import CorporaConfig, CorpusConfig, StudyConfig
 from megasynth.corpora import LOADERS, load_corpus, normalize_text, run_corpora
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, marker_path, read_json, read_jsonl
 
 

@@ -26,7 +26,7 @@ from megasynth.data.tokenizer import (
     load_tokenizer_dir,
     train_bpe_tokenizer,
 )
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, is_done, read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def _study(tmp_path: Path, **train) -> tuple[StudyConfig, StudyLayout]:
                      {"name": "half", "sources": {"nat": 0.5, "hq": 0.5}},
                      {"name": "nohq", "sources": {"nat": 1.0, "hq": 0.0}}],
         "train": {"seq_length": 32, "micro_batch_size": 4, "global_batch_size": 8, "train_iters": 50,
-                  "lr_warmup_iters": 1, **train},
+                  "optimizer": {"lr_warmup_iters": 1}, **train},
     })
     layout = StudyLayout.of(cfg.study_dir)
     _write_jsonl(layout.corpus("nat"), _sotu_texts(3, start=10))
@@ -251,8 +251,7 @@ def test_run_mix_writes_contract_fields_and_realised_shares(preprocessed):
     assert set(half) >= {"name", "sources", "blend", "budget_tokens", "source_tokens", "requested_share",
                          "realised_share", "epochs", "warnings"}
     assert half["budget_tokens"] == budget and half["source_tokens"] == tokens
-    assert half["blend"] == [[0.5, str(layout.tokenized_prefix("nat").resolve())],
-                             [0.5, str(layout.tokenized_prefix("hq").resolve())]]
+    assert half["blend"] == [[0.5, "tokenized/nat_text_document"], [0.5, "tokenized/hq_text_document"]]
     assert half["epochs"]["hq"] == pytest.approx(0.5 * budget / tokens["hq"])
     assert half["epochs"]["hq"] > 4 and half["epochs"]["nat"] < 4  # the tiny hq source repeats
     assert len(half["warnings"]) == 1 and "'hq'" in half["warnings"][0]
@@ -264,3 +263,32 @@ def test_run_mix_writes_contract_fields_and_realised_shares(preprocessed):
     mtime = layout.mixture("half").stat().st_mtime_ns
     run_mix(cfg, layout)  # complete mixtures are skipped
     assert layout.mixture("half").stat().st_mtime_ns == mtime
+
+
+def test_copied_study_dir_reads_its_own_data(preprocessed, tmp_path):
+    """Mixture files name their data relative to the study root: a copy of a study directory reads and
+    samples its own data after the original is gone, and the mix stage's work stays complete there."""
+    import shutil
+
+    from megasynth.data.datasets import build_gpt_datasets
+    from megasynth.data.mixtures import mix_done, read_mixture
+
+    cfg, layout = preprocessed
+    run_mix(cfg, layout)
+    copy = StudyLayout.of(tmp_path / "copy")
+    shutil.copytree(layout.root, copy.root)
+    gone = layout.root.with_name(layout.root.name + "-gone")
+    layout.root.rename(gone)
+    try:
+        assert mix_done(cfg, copy)
+        mix = read_mixture(copy, "half", cfg.mixture("half").sources)
+        prefixes, weights = mix["_blend"]
+        assert prefixes == [str(copy.tokenized_prefix("nat")), str(copy.tokenized_prefix("hq"))]
+        assert weights == [0.5, 0.5]
+        ds = build_gpt_datasets(mix["_blend"], None, load_tokenizer(cfg.tokenizer, copy), 32, 64, 7,
+                                copy.tokenized_cache)
+        assert len(ds) >= 64 and ds[63]["tokens"].shape == (32,)
+        with pytest.raises(MegasynthError, match=r"half\.json: written for sources"):
+            read_mixture(copy, "half", {"nat": 1.0})
+    finally:
+        gone.rename(layout.root)

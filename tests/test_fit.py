@@ -11,8 +11,8 @@ import pytest
 from megasynth.analysis.chinchilla import (CHINCHILLA_GRID, HOFFMANN_PARAMS, compute_optimal, fit_chinchilla,
                                            huber_objective, naive_fit)
 from megasynth.analysis.cli import main
-from megasynth.analysis.fit import fit_rectified_law
-from megasynth.analysis.fitting import extrapolation_check, fit_table
+from megasynth.analysis.laws import fit_rectified_law
+from megasynth.analysis.fit_table import extrapolation_check, fit_table
 from megasynth.analysis.mixtures import efficiency, efficiency_table, optimal_ratio
 from megasynth.utils import MegasynthError
 

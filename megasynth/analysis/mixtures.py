@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from megasynth.analysis.fit import DataLaw, _least_squares, fit_data_law
+from megasynth.analysis.laws import DataLaw, _least_squares, fit_data_law
 from megasynth.analysis.table import group_items, numeric_column, require_columns
 from megasynth.utils import MegasynthError
 

@@ -11,12 +11,13 @@ warnings); writes
 * ``report/loss_vs_tokens.png`` and ``report/final_loss.png``.
 
 Rerun policy: the marker ``report/report.md.done`` stores a SHA-256 of every input (results.csv,
-the mixture files, the report/mixture/name sections of the config and :data:`REPORT_VERSION`); a rerun
-skips when it matches and all outputs exist, and regenerates everything otherwise.
+the mixture files, the report/mixture/name sections of the config and :data:`REPORT_VERSION`);
+:func:`report_up_to_date` compares it (the study runner skips the stage when it matches and all outputs
+exist), and :func:`run_report` regenerates everything.
 
-Optional config fields read with defaults (not yet in :class:`~megasynth.config.ReportConfig`):
-``report.bootstrap`` (200 resamples), ``report.ci_level`` (0.95), ``report.fit_loss`` (``"huber"``),
-``report.huber_delta`` (1e-3). ``report.fit_min_points`` below 3 is raised to 3 (three parameters).
+Fit options come from :class:`~megasynth.config.ReportConfig` (``report.bootstrap``, ``report.ci_level``,
+``report.fit_loss``, ``report.huber_delta``); ``report.fit_min_points`` below 3 is raised to 3 (three
+parameters).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megasynth.analysis.fit import DataLaw, DataLawFit, fit_data_law
+from megasynth.analysis.laws import DataLaw, DataLawFit, fit_data_law
 from megasynth.analysis.results import ResultRow, read_results
 from megasynth.config import StudyConfig
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 from megasynth.utils import (MegasynthError, Progress, atomic_path, is_done, mark_done, marker_path, read_json,
                              write_json)
 
@@ -124,7 +125,7 @@ def _inputs_hash(cfg: StudyConfig, layout: StudyLayout, mixtures: list[str], opt
     for name in mixtures:
         p = layout.mixture(name)
         h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b"<missing>"))
-    unigrams = layout.fits_dir / "unigrams.json"
+    unigrams = layout.fit("unigrams")
     h.update(unigrams.read_bytes() if unigrams.exists() else b"<no unigrams>")
     d = cfg.to_dict()
     h.update(json.dumps({"v": REPORT_VERSION, "name": d["name"], "seed": d["seed"], "report": d["report"],
@@ -136,11 +137,38 @@ def _inputs_hash(cfg: StudyConfig, layout: StudyLayout, mixtures: list[str], opt
 # --------------------------------------------------------------------------------------------------
 # Stage
 # --------------------------------------------------------------------------------------------------
+def _options(cfg: StudyConfig) -> tuple[int, dict]:
+    """(fit_min_points, keyword arguments of :func:`fit_data_law`) from ``cfg.report``."""
+    rep = cfg.report
+    return max(rep.fit_min_points, 3), dict(loss=rep.fit_loss, delta=rep.huber_delta, n_bootstrap=rep.bootstrap,
+                                            ci_level=rep.ci_level, seed=cfg.seed)
+
+
+def _outputs(layout: StudyLayout) -> list:
+    return [layout.fit("data_law"), layout.report, layout.report_file(LOSS_PLOT), layout.report_file(BAR_PLOT)]
+
+
+def _digest(cfg: StudyConfig, layout: StudyLayout, series: list[Series]) -> str:
+    min_points, fit_opts = _options(cfg)
+    mixtures = list(dict.fromkeys(s.mixture for s in series))
+    return _inputs_hash(cfg, layout, mixtures, {"min_points": min_points, **fit_opts})
+
+
+def report_up_to_date(cfg: StudyConfig, layout: StudyLayout) -> bool:
+    """Whether the report's outputs exist and were made from the current inputs (the stage's completion)."""
+    if not (layout.results.exists() and all(p.exists() for p in _outputs(layout))
+            and is_done(layout.report) and is_done(layout.fit("data_law"))):
+        return False
+    rows = read_results(layout.results)
+    return read_json(marker_path(layout.report)).get("inputs_sha256") == _digest(cfg, layout, _series(cfg, rows))
+
+
 def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     """Fit L(D) = E + B·D^(−β) per (mixture, preset, eval set) and write the report.
 
     A group is fitted when it has at least ``cfg.report.fit_min_points`` distinct budgets with a
     finite loss and D > 0; other groups (and fits that fail) are listed as skipped with the reason.
+    The study runner skips the stage while :func:`report_up_to_date`.
 
     Raises:
         MegasynthError: ``results.csv`` missing, malformed or empty.
@@ -150,18 +178,10 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
         raise MegasynthError(f"{layout.results}: no result rows (no finished runs); train and evaluate first")
     series = _series(cfg, rows)
     mixtures = list(dict.fromkeys(s.mixture for s in series))
-    fits_path = layout.fits_dir / "data_law.json"
-    md_path = layout.report_dir / "report.md"
-    outputs = [fits_path, md_path, layout.report_dir / LOSS_PLOT, layout.report_dir / BAR_PLOT]
-    rep = cfg.report
-    min_points = max(rep.fit_min_points, 3)
-    fit_opts = dict(loss=rep.fit_loss, delta=rep.huber_delta, n_bootstrap=rep.bootstrap, ci_level=rep.ci_level,
-                    seed=cfg.seed)
-    digest = _inputs_hash(cfg, layout, mixtures, {"min_points": min_points, **fit_opts})
-    if all(p.exists() for p in outputs) and is_done(md_path) and is_done(fits_path) and \
-            read_json(marker_path(md_path)).get("inputs_sha256") == digest:
-        logger.info("%s is up to date; skipping", md_path)
-        return
+    fits_path, md_path = layout.fit("data_law"), layout.report
+    outputs = _outputs(layout)
+    min_points, fit_opts = _options(cfg)
+    digest = _digest(cfg, layout, series)
 
     eval_sets = sorted({r.eval_set for r in rows},
                        key=lambda e: (cfg.eval_sets.index(e) if e in cfg.eval_sets else len(cfg.eval_sets), e))
@@ -232,15 +252,14 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
 
     baseline = natural_baseline(cfg, mixtures)
     base_labels = {s.preset: s.label for s in series if s.mixture == baseline}
-    report_dir = layout.report_dir
     title = f"{cfg.name}: held-out loss vs training tokens"
     from megasynth.analysis.plots import plot_final_loss, plot_loss_vs_tokens  # matplotlib only here
 
-    plot_loss_vs_tokens(report_dir / LOSS_PLOT, labels, eval_sets, points,
+    plot_loss_vs_tokens(layout.report_file(LOSS_PLOT), labels, eval_sets, points,
                         {k: f.predict for k, f in fits.items()}, title)
     common = {final_tokens[es] for es in eval_sets}
     at = (f" at D = {_fmt_tokens(common.pop())} tokens" if len(common) == 1 and None not in common else "")
-    plot_final_loss(report_dir / BAR_PLOT, labels, eval_sets, final, f"{cfg.name}: final held-out loss{at}")
+    plot_final_loss(layout.report_file(BAR_PLOT), labels, eval_sets, final, f"{cfg.name}: final held-out loss{at}")
 
     # Markdown
     md: list[str] = [f"# megasynth report — {cfg.name}", ""]
@@ -345,7 +364,7 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
 
     from megasynth.analysis.report_sections import extra_sections
 
-    extra_md, extra_files = extra_sections(rows, layout.fits_dir, report_dir, baseline,
+    extra_md, extra_files = extra_sections(rows, layout, baseline,
                                            n_bootstrap=fit_opts["n_bootstrap"], seed=cfg.seed,
                                            ci_level=fit_opts["ci_level"])
     md += extra_md

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from megasynth.analysis.results import ResultRow
+from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, read_json, write_json
 
 logger = logging.getLogger("megasynth.analysis")
@@ -44,7 +45,7 @@ def _table(header, rows):
     return out + ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
 
 
-def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, baseline: str | None, *,
+def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | None, *,
                    n_bootstrap: int, seed: int, ci_level: float) -> tuple[list[str], list[Path]]:
     """Markdown lines and written files for every analysis the results support (see module doc)."""
     from megasynth.analysis import plots
@@ -77,8 +78,8 @@ def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, base
             series.append({"label": f"{mix}/{es} N={n:.3g}", "x": s["tokens"].to_numpy(), "y": s["loss"].to_numpy(),
                            "curve_x": grid, "curve_y": f.predict(n, grid)})
     if chin:
-        write_json(fits_dir / "chinchilla_law.json", {"law": "chinchilla", "fits": chin})
-        written.append(fits_dir / "chinchilla_law.json")
+        write_json(layout.fit("chinchilla_law"), {"law": "chinchilla", "fits": chin})
+        written.append(layout.fit("chinchilla_law"))
         md += ["## Chinchilla law L(N, D) = E + A·N^(−α) + B·D^(−β)", "",
                "Hoffmann et al. 2022 Approach 3 as replicated by Besiroglu et al. 2024: Huber (δ = 1e-3) on log L "
                "with the log-sum-exp parameterisation, L-BFGS from the 4,500-start grid, best converged. "
@@ -94,8 +95,8 @@ def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, base
                           _f(c["compute_optimal"].get("N_opt_exponent", float("nan")))])
         md += _table(["mixture", "eval set", "E", "A", "B", "α", "β", "N_opt exponent"], trows)
         if series:
-            plots.plot_fit_series(report_dir / CHINCHILLA_PLOT, series[:24], "Chinchilla fits per model size")
-            written.append(report_dir / CHINCHILLA_PLOT)
+            plots.plot_fit_series(layout.report_file(CHINCHILLA_PLOT), series[:24], "Chinchilla fits per model size")
+            written.append(layout.report_file(CHINCHILLA_PLOT))
             md += ["", f"![chinchilla]({CHINCHILLA_PLOT})"]
         md.append("")
 
@@ -104,8 +105,8 @@ def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, base
         eff = efficiency_table(df, baseline=baseline, group_by=["preset", "eval_set"], n_col="n_params",
                                n_bootstrap=min(n_bootstrap, 50), seed=seed, ci_level=ci_level)
         if eff["groups"]:
-            write_json(fits_dir / "efficiency.json", eff)
-            written.append(fits_dir / "efficiency.json")
+            write_json(layout.fit("efficiency"), eff)
+            written.append(layout.fit("efficiency"))
             md += [f"## Compute efficiency vs `{baseline}`", "",
                    "Tokens the mixture needs to reach the baseline's fitted loss at the baseline's largest budget, "
                    "from the data laws of both (speed-up = D_baseline / D_mixture; equal to the FLOPs ratio at "
@@ -122,8 +123,8 @@ def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, base
                 his.append(g["speedup_ci_at_max"][1])
             md += _table(["mixture", "preset", "eval set", "baseline D", "mixture D", "speed-up [CI]",
                           "geo-mean over budgets"], erows)
-            plots.plot_speedups(report_dir / SPEEDUP_PLOT, labels, vals, los, his, f"speed-up vs {baseline}")
-            written.append(report_dir / SPEEDUP_PLOT)
+            plots.plot_speedups(layout.report_file(SPEEDUP_PLOT), labels, vals, los, his, f"speed-up vs {baseline}")
+            written.append(layout.report_file(SPEEDUP_PLOT))
             md += ["", f"![speed-up]({SPEEDUP_PLOT})", ""]
 
     # Optimal ratio
@@ -137,8 +138,8 @@ def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, base
     ratio = optimal_ratio_table(ratio_df, group_by=["synthetic_source", "preset", "tokens", "eval_set"],
                                 n_bootstrap=min(n_bootstrap, 200), seed=seed, ci_level=ci_level)
     if ratio["groups"]:
-        write_json(fits_dir / "optimal_ratio.json", ratio)
-        written.append(fits_dir / "optimal_ratio.json")
+        write_json(layout.fit("optimal_ratio"), ratio)
+        written.append(layout.fit("optimal_ratio"))
         md += ["## Optimal synthetic ratio", "",
                "Quadratic fit of loss against the share of one synthetic source (its mixtures with natural data and "
                "the all-natural runs) at each (preset, budget, eval set); argmin over "
@@ -147,15 +148,15 @@ def extra_sections(rows: list[ResultRow], fits_dir: Path, report_dir: Path, base
                      [[g["synthetic_source"], g["preset"], f"{g['tokens']:.3g}", g["eval_set"], (_ci(g["opt_ratio"], g["ci"], ".2f") if len(set(g["ratios"])) > 3
                         else f"{g['opt_ratio']:.2f} (3 ratios: exact fit, no interval)"),
                        _f(g["loss_at_opt"], ".3f"), "yes" if g["interior"] else "no (edge)"] for g in ratio["groups"]])
-        plots.plot_ratio_curves(report_dir / RATIO_PLOT, [
+        plots.plot_ratio_curves(layout.report_file(RATIO_PLOT), [
             {"label": f"{g['preset']} D={g['tokens']:.3g} {g['eval_set']}", "ratio": g["ratios"], "loss": g["losses"],
              "grid": g["grid"], "fit": g["fit"], "opt": g["opt_ratio"], "opt_ci": tuple(g["ci"])}
             for g in ratio["groups"][:12]], "loss vs synthetic ratio")
-        written.append(report_dir / RATIO_PLOT)
+        written.append(layout.report_file(RATIO_PLOT))
         md += ["", f"![optimal ratio]({RATIO_PLOT})", ""]
 
     # Unigrams (written by `megasynth analyze unigrams`)
-    upath = fits_dir / "unigrams.json"
+    upath = layout.fit("unigrams")
     if upath.exists():
         u = read_json(upath)
         md += ["## Unigram statistics", "", f"From `fits/unigrams.json`; {u.get('kl', 'KL(eval || train)')}.", ""]

@@ -5,8 +5,9 @@
 sorted by (run, tokens, eval_set).
 
 Rerun policy: the completion marker ``results.csv.done`` stores a SHA-256 of the inputs (the
-``summary.json`` and ``evals.jsonl`` of every finished run). A rerun with the same inputs skips; a run
-that finished since, or changed files, regenerates the table (it is cheap).
+``summary.json`` and ``evals.jsonl`` of every finished run); :func:`results_up_to_date` compares it, and
+the study runner skips the stage when it matches. A run that finished since, or changed files,
+regenerates the table (it is cheap).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from megasynth.config import StudyConfig
-from megasynth.study.layout import StudyLayout
+from megasynth.config import RunConfig
+from megasynth.layout import RunLayout, StudyLayout
 from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, marker_path, read_json, read_jsonl_numbered
 
 logger = logging.getLogger("megasynth.analysis")
@@ -54,17 +55,6 @@ class ResultRow:
         return (self.run, self.tokens, self.eval_set)
 
 
-def run_names(cfg: StudyConfig) -> list[str]:
-    """Runs of the study, in study-file order: one per mixture (``runs/<mixture>``)."""
-    return [m.name for m in cfg.mixtures]
-
-
-def synthetic_sources_of(cfg: StudyConfig, mixture: str) -> str:
-    """``+``-joined synthetic sources with a non-zero share in ``mixture`` (``""`` if all natural)."""
-    m = next(m for m in cfg.mixtures if m.name == mixture)
-    return "+".join(s for s, r in m.sources.items() if r > 0 and s in cfg.synthetic_sources)
-
-
 def _int_field(value, where: str) -> int:
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or value != int(value)):
@@ -86,7 +76,8 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[Re
     Raises:
         MegasynthError: missing/malformed ``evals.jsonl`` or ``summary.json`` field (``file:line``).
     """
-    summary_path, evals_path = run_dir / "summary.json", run_dir / "evals.jsonl"
+    files = RunLayout.at(run_dir)
+    summary_path, evals_path = files.summary, files.evals
     summary = read_json(summary_path)
     if not isinstance(summary, dict):
         raise MegasynthError(f"{summary_path}: expected a JSON object")
@@ -161,32 +152,41 @@ def read_results(path: Path) -> list[ResultRow]:
     return rows
 
 
-def run_evaluate(cfg: StudyConfig, layout: StudyLayout) -> None:
-    """Collect every finished run's evaluations into ``layout.results`` (``results.csv``).
+def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfig], list[RunConfig], str]:
+    """(finished runs, unfinished runs, SHA-256 of the inputs of the table)."""
+    finished = [r for r in runs if layout.run(r.run_id).summary.exists()]
+    unfinished = [r for r in runs if r not in finished]
+    inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals)]
+    digest = _inputs_hash(inputs, json.dumps({r.run_id: "+".join(r.synthetic_sources) for r in finished},
+                                             sort_keys=True))
+    return finished, unfinished, digest
 
-    Reads ``runs/<mixture>/summary.json`` and ``evals.jsonl`` for each mixture of the study; a run
-    without ``summary.json`` (unfinished) is skipped with a warning. Writes the CSV atomically and
-    the marker ``results.csv.done`` with the inputs' SHA-256; skips when that hash is unchanged.
+
+def results_up_to_date(runs: list[RunConfig], layout: StudyLayout) -> bool:
+    """Whether ``results.csv`` and its marker hold the current inputs of ``runs`` (the stage's completion)."""
+    if not (layout.results.exists() and is_done(layout.results)):
+        return False
+    return read_json(marker_path(layout.results)).get("inputs_sha256") == _finished(runs, layout)[2]
+
+
+def run_evaluate(runs: list[RunConfig], layout: StudyLayout) -> None:
+    """Collect the evaluations of every finished run of ``runs`` into ``layout.results`` (``results.csv``).
+
+    Reads ``runs/<run_id>/summary.json`` and ``evals.jsonl`` of each planned run
+    (:func:`megasynth.study.runs.plan_runs`); a run without ``summary.json`` (unfinished) is skipped with
+    a warning. Writes the CSV atomically and the marker ``results.csv.done`` with the inputs' SHA-256.
 
     Raises:
         MegasynthError: a malformed summary/evals file (names ``file:line`` and the field).
     """
-    finished, unfinished = [], []
-    for run in run_names(cfg):
-        (finished if (layout.run_dir(run) / "summary.json").exists() else unfinished).append(run)
+    finished, unfinished, digest = _finished(runs, layout)
     for run in unfinished:
-        logger.warning("run %s is not finished (no %s); skipped", run, layout.run_dir(run) / "summary.json")
-    inputs = [layout.run_dir(r) / f for r in finished for f in ("summary.json", "evals.jsonl")]
-    digest = _inputs_hash(inputs, json.dumps({r: synthetic_sources_of(cfg, r) for r in finished}, sort_keys=True))
-    if layout.results.exists() and is_done(layout.results) and \
-            read_json(marker_path(layout.results)).get("inputs_sha256") == digest:
-        logger.info("%s is up to date (%d finished runs); skipping", layout.results, len(finished))
-        return
+        logger.warning("run %s is not finished (no %s); skipped", run.run_id, layout.run(run.run_id).summary)
     rows: list[ResultRow] = []
     for run in finished:
-        rows.extend(collect_run(run, layout.run_dir(run), synthetic_sources_of(cfg, run)))
+        rows.extend(collect_run(run.run_id, layout.run_dir(run.run_id), "+".join(run.synthetic_sources)))
     write_results(layout.results, rows)
-    mark_done(layout.results, {"inputs_sha256": digest, "runs": finished, "skipped_unfinished": unfinished,
-                               "rows": len(rows)})
+    mark_done(layout.results, {"inputs_sha256": digest, "runs": [r.run_id for r in finished],
+                               "skipped_unfinished": [r.run_id for r in unfinished], "rows": len(rows)})
     logger.info("wrote %s: %d rows from %d finished runs (%d unfinished skipped)", layout.results, len(rows),
                 len(finished), len(unfinished))

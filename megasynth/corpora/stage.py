@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional
 from megasynth.config import CorpusConfig, StudyConfig
 from megasynth.corpora.loaders import LOADERS, LoaderFn
 from megasynth.corpora.text import normalize_text, overlap_keys
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, Progress, atomic_path, is_done, mark_done, marker_path, read_jsonl
 
 logger = logging.getLogger("megasynth.corpora")
@@ -121,18 +121,18 @@ def run_corpora(cfg: StudyConfig, layout: StudyLayout) -> None:
 
     for where, c in train:
         path = layout.corpus(c.name)
-        if _up_to_date(path, {"config": dataclasses.asdict(c)}):
+        if _up_to_date(path, _expected(c)):
             logger.info("corpus %s: up to date (%s), skipping", c.name, path)
             continue
         _write_corpus(c, where, path, "train")
 
     if not evals:
         return
-    fingerprint = {c.name: _fingerprint(layout.corpus(c.name)) for _, c in train}
+    fingerprint = _fingerprints(cfg, layout)
     keys: Optional[set[bytes]] = None
     for where, c in evals:
         path = layout.corpus(c.name)
-        expected = {"config": dataclasses.asdict(c), "decontaminated_against": fingerprint}
+        expected = _expected(c, fingerprint)
         if _up_to_date(path, expected):
             logger.info("corpus %s: up to date (%s), skipping", c.name, path)
             continue
@@ -144,6 +144,27 @@ def run_corpora(cfg: StudyConfig, layout: StudyLayout) -> None:
             return any(k in train_keys for k in overlap_keys(text))
 
         _write_corpus(c, where, path, "eval", exclude=overlaps, extra={"decontaminated_against": fingerprint})
+
+
+def corpora_done(cfg: StudyConfig, layout: StudyLayout) -> bool:
+    """Whether every corpus and eval set of ``cfg`` is written and up to date (the stage's completion)."""
+    if not all(_up_to_date(layout.corpus(c.name), _expected(c)) for c in cfg.corpora.train):
+        return False
+    fingerprint = _fingerprints(cfg, layout)
+    return all(_up_to_date(layout.corpus(c.name), _expected(c, fingerprint)) for c in cfg.corpora.eval)
+
+
+def _expected(c: CorpusConfig, fingerprint: Optional[dict] = None) -> dict:
+    """What the marker of an up-to-date corpus holds: its config (and, for an eval set, the training corpora
+    it was decontaminated against)."""
+    out: dict = {"config": dataclasses.asdict(c)}
+    if fingerprint is not None:
+        out["decontaminated_against"] = fingerprint
+    return out
+
+
+def _fingerprints(cfg: StudyConfig, layout: StudyLayout) -> dict:
+    return {c.name: _fingerprint(layout.corpus(c.name)) for c in cfg.corpora.train}
 
 
 # --------------------------------------------------------------------------------------------------

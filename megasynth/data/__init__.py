@@ -3,8 +3,9 @@
 - :mod:`megasynth.data.tokenizer`: :class:`MegasynthTokenizer` (bpe / llama3 / huggingface),
   :func:`train_bpe_tokenizer`, :func:`load_tokenizer`.
 - :mod:`megasynth.data.preprocess`: :func:`preprocess_jsonl`, the ``preprocess`` stage
-  :func:`run_preprocess`.
-- :mod:`megasynth.data.mixtures`: :func:`mixture_to_blend`, the ``mix`` stage :func:`run_mix`.
+  :func:`run_preprocess` and its completion :func:`preprocess_done`.
+- :mod:`megasynth.data.mixtures`: :func:`mixture_to_blend`, the ``mix`` stage :func:`run_mix` and its completion
+  :func:`mix_done`, :func:`read_mixture` (a mixture file with its prefixes resolved).
 - :mod:`megasynth.data.datasets`: megatron-core GPT/blended datasets for training.
 
 Names are imported lazily so importing one submodule does not import the others.
@@ -21,9 +22,12 @@ _EXPORTS = {
     "load_tokenizer_dir": "tokenizer",
     "preprocess_jsonl": "preprocess",
     "run_preprocess": "preprocess",
+    "preprocess_done": "preprocess",
     "ensure_tokenizer": "preprocess",
     "mixture_to_blend": "mixtures",
     "run_mix": "mixtures",
+    "mix_done": "mixtures",
+    "read_mixture": "mixtures",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -6,7 +6,8 @@ so a sample share equals a token share, and the share can be passed unchanged as
 ``BlendedMegatronDatasetConfig.blend = (prefixes, weights)``; ``BlendedDataset`` then draws
 samples from each source in proportion to its weight.
 
-``mixtures/<mix>.json`` (docs/CONTRACTS.md) records, besides the blend, the training budget
+``mixtures/<mix>.json`` (docs/CONTRACTS.md) records, besides the blend (data prefixes relative to the study
+root, so a study directory can be copied or moved; :func:`read_mixture` resolves them), the training budget
 ``budget_tokens = train_iters · global_batch_size · seq_length``, each source's size in tokens,
 the epochs each source is repeated at that budget (``share · budget_tokens / source_tokens``),
 and the share megatron-core's ``BlendedDataset`` actually realises for this budget.
@@ -22,7 +23,7 @@ from megasynth.utils import MegasynthError, is_done, mark_done, read_json, write
 
 if TYPE_CHECKING:  # pragma: no cover
     from megasynth.config import StudyConfig
-    from megasynth.study.layout import StudyLayout
+    from megasynth.layout import StudyLayout
 
 logger = logging.getLogger("megasynth.data")
 
@@ -119,12 +120,13 @@ def run_mix(cfg: "StudyConfig", layout: "StudyLayout") -> None:
         MegasynthError: a source of a mixture is not tokenized (run ``megasynth preprocess``).
     """
     t = cfg.train
-    budget_tokens = t.train_iters * t.global_batch_size * t.seq_length
-    num_samples = t.train_iters * t.global_batch_size
+    budget_tokens = t.train_tokens
+    num_samples = t.train_samples
     tokenizer = None
     for i, mix in enumerate(cfg.mixtures):
         out = layout.mixture(mix.name)
         if is_done(out):
+            _check_sources(out, read_json(out), mix.sources)
             logger.info("mixture %s: complete, skipping", mix.name)
             continue
         prefixes: dict[str, str] = {}
@@ -133,16 +135,17 @@ def run_mix(cfg: "StudyConfig", layout: "StudyLayout") -> None:
             prefix = layout.tokenized_prefix(src)
             if not is_done(prefix):
                 raise MegasynthError(f"mixtures[{i}].sources.{src}: not tokenized yet (run `megasynth preprocess`)")
-            prefixes[src] = str(prefix.resolve())
+            prefixes[src] = layout.relative(prefix)
             source_tokens[src] = int(read_json(layout.tokenized_stats(src))["tokens"])
         record = mixture_report(mix.name, mix.sources, prefixes, source_tokens, budget_tokens)
         if tokenizer is None:
             from megasynth.data.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(cfg.tokenizer, layout)
-        blend = ([p for _, p in record["blend"]], [w for w, _ in record["blend"]])
-        realised_by_prefix = _realised(blend, tokenizer, t.seq_length, num_samples, cfg.train.seed,
-                                       str(layout.root / "tokenized" / "cache"))
+        blend = ([str(layout.resolve(p)) for _, p in record["blend"]], [w for w, _ in record["blend"]])
+        realised_by_prefix = _realised(blend, tokenizer, t.seq_length, num_samples, t.seed,
+                                       str(layout.tokenized_cache))
+        realised_by_prefix = {layout.relative(p): v for p, v in realised_by_prefix.items()}
         realised = {src: _lookup(realised_by_prefix, src, prefixes[src]) if record["requested_share"][src] > 0
                     else 0.0 for src in mix.sources}
         record["realised_share"] = realised
@@ -153,6 +156,19 @@ def run_mix(cfg: "StudyConfig", layout: "StudyLayout") -> None:
         logger.info("mixture %s: %s", mix.name, ", ".join(
             f"{s} {record['requested_share'][s]:.3f} (realised {realised[s]:.3f}, {record['epochs'][s]:.2f} epochs)"
             for s in mix.sources))
+
+
+def mix_done(cfg: "StudyConfig", layout: "StudyLayout") -> bool:
+    """Whether every mixture file of ``cfg`` is complete (the stage's completion).
+
+    Raises:
+        MegasynthError: a complete mixture file was written for other shares than the study's.
+    """
+    if not all(is_done(layout.mixture(m.name)) for m in cfg.mixtures):
+        return False
+    for m in cfg.mixtures:
+        _check_sources(layout.mixture(m.name), read_json(layout.mixture(m.name)), m.sources)
+    return True
 
 
 def _realised(blend: tuple[list[str], list[float]], tokenizer, seq_length: int, num_samples: int, seed: int,
@@ -170,3 +186,44 @@ def _lookup(shares: dict[str, float], src: str, prefix: str) -> float:
         if key in shares:
             return shares[key]
     raise MegasynthError(f"realised_token_shares: no share for source {src!r} ({prefix})")
+
+
+def read_mixture(layout: "StudyLayout", name: str, sources: dict[str, float] | None = None) -> dict:
+    """Read ``mixtures/<name>.json`` (written by the ``mix`` stage) and check its blend.
+
+    Args:
+        sources: the shares the caller expects (a run's ``mixture.sources``); a file written for other
+            shares is refused.
+
+    Returns:
+        The mixture record with ``blend`` as Megatron's ``(prefixes, weights)`` under ``"_blend"``, the
+        prefixes resolved against the study root (absolute prefixes are kept as they are).
+
+    Raises:
+        MegasynthError: file missing or incomplete (no marker), malformed ``blend``, other ``sources``.
+    """
+    path = layout.mixture(name)
+    if not path.is_file() or not is_done(path):
+        raise MegasynthError(f"{path}: mixture not found or incomplete (run the mix stage first)")
+    rec = read_json(path)
+    blend = rec.get("blend")
+    if not isinstance(blend, list) or not blend:
+        raise MegasynthError(f"{path}: 'blend' must be a non-empty list of [weight, prefix]")
+    prefixes, weights = [], []
+    for i, item in enumerate(blend):
+        if (not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], (int, float))
+                or not isinstance(item[1], str)):
+            raise MegasynthError(f"{path}: blend[{i}] must be [weight, prefix], got {item!r}")
+        weights.append(float(item[0]))
+        prefixes.append(str(layout.resolve(item[1])))
+    if sources is not None:
+        _check_sources(path, rec, sources)
+    rec["_blend"] = (prefixes, weights)
+    return rec
+
+
+def _check_sources(path, rec: dict, sources: dict[str, float]) -> None:
+    """Refuse a mixture file written for other shares than ``sources`` (the study's mixture changed)."""
+    if rec.get("sources") != dict(sources):
+        raise MegasynthError(f"{path}: written for sources {rec.get('sources')}, the study now has {dict(sources)}; "
+                             f"give the changed mixture a new name (or delete {path} and rerun the mix stage)")

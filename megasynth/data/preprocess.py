@@ -23,7 +23,7 @@ from megasynth.utils import MegasynthError, is_done, mark_done, read_json, read_
 
 if TYPE_CHECKING:  # pragma: no cover
     from megasynth.config import StudyConfig
-    from megasynth.study.layout import StudyLayout
+    from megasynth.layout import StudyLayout
 
 logger = logging.getLogger("megasynth.data")
 
@@ -93,7 +93,7 @@ def ensure_tokenizer(cfg: "StudyConfig", layout: "StudyLayout") -> MegasynthToke
     ``tokenizer.train_max_documents`` documents in all), never on eval sets or synthetic data.
     """
     tc = cfg.tokenizer
-    if tc.type == "bpe" and not is_done(layout.tokenizer_dir / "tokenizer.json"):
+    if tc.type == "bpe" and not is_done(layout.tokenizer_file):
         paths = [layout.corpus(n) for n in cfg.natural_sources]
         for p in paths:
             if not p.is_file():
@@ -123,15 +123,42 @@ def _sources(cfg: "StudyConfig", layout: "StudyLayout") -> list[tuple[str, str, 
     for name in cfg.natural_sources:
         out.append((name, "natural", [layout.corpus(name)]))
     for style in cfg.synthetic_sources:
-        d = layout.synthetic_dir(style)
-        shards = sorted(d.glob("shard-*.jsonl"))
-        if not (d / "manifest.json").exists():
-            raise MegasynthError(f"{d / 'manifest.json'}: synthetic style {style!r} not generated yet "
+        manifest = layout.synthetic_manifest(style)
+        if not manifest.exists():
+            raise MegasynthError(f"{manifest}: synthetic style {style!r} not generated yet "
                                  "(run `megasynth generate` first)")
-        out.append((style, "synthetic", shards))
+        out.append((style, "synthetic", sorted(layout.synthetic_dir(style).glob("shard-*.jsonl"))))
     for name in cfg.eval_sets:
         out.append((name, "eval", [layout.corpus(name)]))
     return out
+
+
+def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer) -> bool:
+    """Whether source ``name`` is tokenized (marker and stats); raise if it was with another tokenizer."""
+    prefix, stats_path = layout.tokenized_prefix(name), layout.tokenized_stats(name)
+    if not (is_done(prefix) and stats_path.exists()):
+        return False
+    old = read_json(stats_path)
+    if old.get("tokenizer") != tokenizer.name or old.get("tokenizer_sha") != tokenizer.unique_identifiers.get("sha"):
+        raise MegasynthError(
+            f"{stats_path}: tokenized with {old.get('tokenizer')} but tokenizer is now {tokenizer.name}; "
+            f"delete {prefix.parent} (or use a new study_dir) to re-tokenize")
+    return True
+
+
+def preprocess_done(cfg: "StudyConfig", layout: "StudyLayout") -> bool:
+    """Whether every source of ``cfg`` is tokenized with the study's tokenizer (the stage's completion).
+
+    Raises:
+        MegasynthError: a source was tokenized with another tokenizer than the current one.
+    """
+    names = [*cfg.natural_sources, *cfg.synthetic_sources, *cfg.eval_sets]
+    if cfg.tokenizer.type == "bpe" and not is_done(layout.tokenizer_file):
+        return False
+    if not all(is_done(layout.tokenized_prefix(n)) and layout.tokenized_stats(n).exists() for n in names):
+        return False
+    tokenizer = load_tokenizer(cfg.tokenizer, layout)
+    return all(_tokenized(layout, n, tokenizer) for n in names)
 
 
 def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
@@ -148,16 +175,10 @@ def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     """
     tokenizer = ensure_tokenizer(cfg, layout)
     logger.info("tokenizer %s: vocab_size %d, eod %d", tokenizer.name, tokenizer.vocab_size, tokenizer.eod)
-    sha = tokenizer.unique_identifiers.get("sha")
     for name, kind, paths in _sources(cfg, layout):
         prefix = layout.tokenized_prefix(name)
         stats_path = layout.tokenized_stats(name)
-        if is_done(prefix) and stats_path.exists():
-            old = read_json(stats_path)
-            if old.get("tokenizer") != tokenizer.name or old.get("tokenizer_sha") != sha:
-                raise MegasynthError(
-                    f"{stats_path}: tokenized with {old.get('tokenizer')} but tokenizer is now {tokenizer.name}; "
-                    f"delete {prefix.parent} (or use a new study_dir) to re-tokenize")
+        if _tokenized(layout, name, tokenizer):
             logger.info("tokenized %s: complete, skipping", name)
             continue
         for p in paths:

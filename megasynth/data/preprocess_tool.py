@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from megasynth.utils import MegasynthError, read_json, write_json
+from megasynth.utils import MegasynthError, cli_error, read_json, write_json
 
 logger = logging.getLogger("megasynth.data")
 
@@ -242,8 +242,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         run(args)
     except MegasynthError as e:
-        print(f"preprocess_data: error: {e}", file=sys.stderr)
-        return 2
+        return cli_error(e, "preprocess_data")
     return 0
 
 

@@ -39,7 +39,7 @@ from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, rea
 
 if TYPE_CHECKING:  # pragma: no cover
     from megasynth.config import TokenizerConfig
-    from megasynth.study.layout import StudyLayout
+    from megasynth.layout import StudyLayout
 
 logger = logging.getLogger("megasynth.data")
 
@@ -366,7 +366,7 @@ def load_tokenizer(cfg: "TokenizerConfig", layout: "StudyLayout | None" = None) 
     if cfg.type == "bpe":
         if layout is None:
             raise MegasynthError("tokenizer.type: bpe needs the study layout (its trained tokenizer directory)")
-        if not is_done(layout.tokenizer_dir / "tokenizer.json"):
+        if not is_done(layout.tokenizer_file):
             raise MegasynthError(f"{layout.tokenizer_dir}: BPE tokenizer not trained yet (run `megasynth preprocess`)")
         return load_tokenizer_dir(layout.tokenizer_dir)
     raise MegasynthError(f"tokenizer.type: unknown type {cfg.type!r} (known: bpe, llama3, huggingface)")

@@ -18,31 +18,28 @@ from dataclasses import asdict
 from typing import Callable, Optional
 
 from megasynth.config import StudyConfig
-from megasynth.generate.engine import Completion, Request, VllmEngine
+from megasynth.generate.backends import Completion, Request, VllmEngine
 from megasynth.generate.filters import REASONS, filter_reason
-from megasynth.generate.model import GeneratorSpec, resolve_generator
+from megasynth.generate.generator_model import GeneratorSpec, resolve_generator
 from megasynth.generate.prompts import PROMPT_VERSION, build_prompt, resolve_format
 from megasynth.generate.reader import Excerpt, sample_excerpts
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 from megasynth.utils import Progress, clear_done, is_done, mark_done, read_json, marker_path, write_json, write_jsonl
 
 logger = logging.getLogger("megasynth.generate")
 
 
-def shard_path(layout: StudyLayout, style: str, k: int):
-    return layout.synthetic_dir(style) / f"shard-{k:05d}.jsonl"
-
-
-def manifest_path(layout: StudyLayout, style: str):
-    return layout.synthetic_dir(style) / "manifest.json"
-
-
-def style_done(layout: StudyLayout, style: str) -> bool:
-    """True if the style's manifest is marked done and every shard it lists still has its marker."""
-    path = manifest_path(layout, style)
+def source_done(layout: StudyLayout, source: str) -> bool:
+    """True if the source's manifest is marked done and every shard it lists still has its marker."""
+    path = layout.synthetic_manifest(source)
     if not (is_done(path) and path.exists()):
         return False
-    return all(is_done(layout.synthetic_dir(style) / name) for name in read_json(path).get("shards", []))
+    return all(is_done(layout.synthetic_dir(source) / name) for name in read_json(path).get("shards", []))
+
+
+def generate_done(cfg: StudyConfig, layout: StudyLayout) -> bool:
+    """Whether every synthetic source of ``cfg`` (styles, and ``synthllm`` if enabled) is complete."""
+    return all(source_done(layout, s) for s in cfg.synthetic_sources)
 
 
 def run_generate(cfg: StudyConfig, layout: StudyLayout, *,
@@ -50,27 +47,26 @@ def run_generate(cfg: StudyConfig, layout: StudyLayout, *,
     """Generate the synthetic corpora ``synthetic/<style>/shard-*.jsonl`` + ``manifest.json``.
 
     The styles first, then (``generation.synthllm.enabled``) the SynthLLM source on the same engine
-    (:func:`megasynth.generate.synthllm.stage.run_synthllm`).
+    (:func:`megasynth.generate.synthllm.stage.run_synthllm`). Complete sources and shards are skipped
+    (:func:`source_done`); the study runner skips the whole stage while :func:`generate_done`.
 
     Args:
         cfg: the study; reads ``cfg.generation``, ``cfg.seed`` and the corpus ``cfg.generation_source``.
         layout: the study's paths.
         engine_factory: builds the engine from the resolved generator (default
-            :func:`~megasynth.generate.engine.engine_from_config`); called at most once per model (the
+            :func:`~megasynth.generate.backends.offline.engine_from_config`); called at most once per model (the
             generator; a SynthLLM answer model other than the generator is a second call), and not at
             all when every shard is done. Tests pass a factory that returns a shared engine.
 
     Raises:
         MegasynthError: missing corpus, bad generator directory, vllm missing, prompt too long.
     """
-    from megasynth.generate.synthllm.stage import EngineCache, run_synthllm, synthllm_done
+    from megasynth.generate.synthllm.engines import EngineCache
+    from megasynth.generate.synthllm.stage import run_synthllm
 
     g = cfg.generation
     styles = list(g.styles)
     synthllm = g.synthllm.enabled
-    if all(style_done(layout, s) for s in styles) and not (synthllm and not synthllm_done(layout)):
-        logger.info("generate: all styles done (%s); skipping", ", ".join(styles + ["synthllm"] * synthllm))
-        return
     spec = resolve_generator(g.model, g.model_name)
     from transformers import AutoTokenizer
 
@@ -86,11 +82,11 @@ def run_generate(cfg: StudyConfig, layout: StudyLayout, *,
     engines = EngineCache(g, engine_factory)
     try:
         for style in styles:
-            if style_done(layout, style):
+            if source_done(layout, style):
                 logger.info("generate %s: done; skipping", style)
                 continue
-            clear_done(manifest_path(layout, style))
-            pending = [k for k in range(n_shards) if not is_done(shard_path(layout, style, k))]
+            clear_done(layout.synthetic_manifest(style))
+            pending = [k for k in range(n_shards) if not is_done(layout.synthetic_shard(style, k))]
             stats = {"wall_s": 0.0, "new_output_tokens": 0}
             engine: Optional[VllmEngine] = engines.engines.get(str(spec.path))
             if pending:
@@ -165,7 +161,7 @@ def _write_shard(cfg, layout, style, k, items, fmt, spec: GeneratorSpec, per_req
             "sampling": {**asdict(g.sampling), "request_seed": g.sampling.seed + i if per_request_seed else None},
             "prompt_tokens": c.prompt_tokens, "output_tokens": c.output_tokens, "finish_reason": c.finish_reason,
         })
-    path = shard_path(layout, style, k)
+    path = layout.synthetic_shard(style, k)
     write_jsonl(path, records)
     mark_done(path, counts)
     logger.info("generate %s: wrote %s (%d/%d kept)", style, path.name, counts["kept"], counts["requests"])
@@ -174,7 +170,7 @@ def _write_shard(cfg, layout, style, k, items, fmt, spec: GeneratorSpec, per_req
 def _write_manifest(cfg, layout, style, n_shards, n_requests, fmt, spec: GeneratorSpec, engine, stats) -> None:
     totals: dict[str, int] = {}
     for k in range(n_shards):
-        info = read_json(marker_path(shard_path(layout, style, k)))
+        info = read_json(marker_path(layout.synthetic_shard(style, k)))
         for key, v in info.items():
             if isinstance(v, int):
                 totals[key] = totals.get(key, 0) + v
@@ -186,7 +182,7 @@ def _write_manifest(cfg, layout, style, n_shards, n_requests, fmt, spec: Generat
         "prompt_format": fmt,
         "sampling": asdict(cfg.generation.sampling),
         "source": cfg.generation_source,
-        "shards": [shard_path(layout, style, k).name for k in range(n_shards)],
+        "shards": [layout.synthetic_shard(style, k).name for k in range(n_shards)],
         "counts": {"requests": totals.get("requests", 0), "kept": totals.get("kept", 0),
                    "filtered": {r: totals.get(f"filtered_{r}", 0) for r in REASONS}},
         "prompt_tokens": totals.get("prompt_tokens", 0),
@@ -198,7 +194,7 @@ def _write_manifest(cfg, layout, style, n_shards, n_requests, fmt, spec: Generat
     if manifest["counts"]["requests"] != n_requests:
         logger.warning("generate %s: shards hold %d requests, the plan has %d (config changed since?)",
                        style, manifest["counts"]["requests"], n_requests)
-    path = manifest_path(layout, style)
+    path = layout.synthetic_manifest(style)
     write_json(path, manifest)
     mark_done(path)
     logger.info("generate %s: %d/%d kept (filtered %s) -> %s", style, manifest["counts"]["kept"],

