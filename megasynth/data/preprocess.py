@@ -57,7 +57,9 @@ def preprocess_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str | os
         MegasynthError: missing input file; ``file:line`` for malformed JSON, a record that is not an
             object, lacks ``json_key``, or whose ``json_key`` is not a string.
     """
-    from megasynth.data.engine import EncodeSpec, optimal_dtype, run_engine
+    from megasynth.data.encode import EncodeSpec
+    from megasynth.data.engine import run_engine
+    from megasynth.data.indexed import optimal_dtype
 
     paths = [Path(p) for p in paths]
     for p in paths:

@@ -75,7 +75,7 @@ def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | o
     """
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, _IndexReader
 
-    from megasynth.data.engine import _tmp_prefix, clean_stale_tmp
+    from megasynth.data.engine import clean_stale_tmp, tmp_prefix
 
     if not prefixes:
         raise MegasynthError("merge: no datasets to merge")
@@ -89,7 +89,7 @@ def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | o
     out = Path(output_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out)
-    tmp = _tmp_prefix(out)
+    tmp = tmp_prefix(out)
     builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=dtypes.pop())
     try:
         for p in prefixes:
@@ -119,7 +119,10 @@ def run(args) -> list[dict]:
     Raises:
         MegasynthError: bad flags or inputs, or a malformed record (``file:line``) without ``--skip-bad``.
     """
-    from megasynth.data.engine import EncodeSpec, expand_inputs, optimal_dtype, run_engine
+    from megasynth.data.encode import EncodeSpec
+    from megasynth.data.engine import run_engine
+    from megasynth.data.indexed import optimal_dtype
+    from megasynth.data.inputs import expand_inputs
     from megasynth.data.megatron_tokenizers import build_tool_tokenizer
 
     workers = args.workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
@@ -166,17 +169,12 @@ def run(args) -> list[dict]:
                 logger.info("%s: finished earlier, skipping", prefix)
                 continue
             if workers > 1 and pool is None:
-                import multiprocessing
-
-                from megasynth.data import engine
-
-                engine._SPEC = spec
                 import gc
 
+                from megasynth.data.encode import worker_pool
+
                 gc.freeze()  # the tokenizer's objects: never scanned (nor their pages copied) in the workers
-                pool = multiprocessing.get_context("fork").Pool(
-                    workers, initializer=engine._worker_init,
-                    initargs=({"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},))
+                pool = worker_pool(spec, workers)
             st = run_engine(files, prefixes, spec, workers=workers, partitions=args.partitions,
                             keep_sequential=args.keep_sequential_samples, log_every_docs=args.log_interval,
                             label=Path(prefix).name, pool=pool)
