@@ -667,14 +667,14 @@ class RunConfig:
         """Raise unless ``saved`` (the ``run.yaml`` at ``where``) describes this same run.
 
         Raises:
-            MegasynthError: ``<where>: run 'x' was trained with train.train_iters=100, now 200; ...``,
+            MegasynthError: ``<where>: run 'x' was started with train.train_iters=100, now 200; ...``,
                 naming the first :meth:`identity` field that differs.
         """
         old, new = saved.identity(), self.identity()
         for key in dict.fromkeys([*new, *old]):
             if old.get(key) != new.get(key):
                 raise MegasynthError(
-                    f"{where}: run {self.run_id!r} was trained with {key}={old.get(key)!r}, now {new.get(key)!r}; "
+                    f"{where}: run {self.run_id!r} was started with {key}={old.get(key)!r}, now {new.get(key)!r}; "
                     f"give the new setting a new study_dir (or delete {Path(where).parent} to retrain)")
 
     # ------------------------------------------------------------------ validation

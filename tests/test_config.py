@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megasynth.config import StudyConfig
+from megasynth.config import RunConfig, StudyConfig
 from megasynth.utils import MegasynthError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +56,17 @@ def test_overrides_apply_with_dotted_paths():
         (lambda d: d["train"].update(global_batch_size=10, micro_batch_size=4), "train.global_batch_size: must be a multiple"),
         (lambda d: d["corpora"]["eval"].append({"name": "sotu", "loader": "sotu"}), "corpora.eval[2].name: duplicate"),
         (lambda d: d["model"].update(transformer_impl="te"), "model.transformer_impl: must be one of"),
+        (lambda d: d["train"].update(lr=1e-3), "train.lr: moved to train.optimizer.lr"),
+        (lambda d: d["train"].update(save_interval=5), "train.save_interval: moved to train.checkpoint.save_interval"),
+        (lambda d: d["train"]["optimizer"].update(min_lr=1.0), "train.optimizer.min_lr: must satisfy"),
+        (lambda d: d["train"]["optimizer"].update(lr_warmup_iters=100),
+         "train.optimizer.lr_warmup_iters: must be in [0, train.train_iters)"),
+        (lambda d: d["train"].update(parallel={"sequence_parallel": True}),
+         "train.parallel.sequence_parallel: needs tensor_model_parallel_size >= 2"),
+        (lambda d: d["train"].update(parallel={"overlap_param_gather": True}),
+         "train.parallel.overlap_param_gather: needs use_distributed_optimizer"),
+        (lambda d: d["train"].update(checkpoint={"save_interval": 0}), "train.checkpoint.save_interval: must be > 0"),
+        (lambda d: d["report"].update(ci_level=1.5), "report.ci_level: must be in (0, 1)"),
     ],
 )
 def test_bad_input_names_the_field(tmp_path, mutate, message):
@@ -91,3 +102,35 @@ def test_cli_missing_study_file(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "none.yaml: study file not found" in proc.stderr
+
+
+def test_run_config_is_one_run_fully_determined(tmp_path):
+    """A run planned from a study holds what training reads; its YAML round-trips; its identity is every field
+    that changes the loss curve, and not the layout, checkpointing or logging."""
+    cfg = StudyConfig.from_yaml(QUICKSTART)
+    run = RunConfig.from_study(cfg, "hq33")
+    assert (run.run_id, run.mixture.sources) == ("hq33", {"hq": 0.33, "sotu": 0.67})
+    assert run.model == cfg.model and run.train == cfg.train and run.tokenizer == cfg.tokenizer
+    assert run.eval_sets == ["wiki", "lambada"] and run.synthetic_sources == ["hq"] and run.synthetic_ratio == 0.33
+    path = tmp_path / "run.yaml"
+    path.write_text(run.to_yaml())
+    assert RunConfig.from_yaml(path) == run
+    assert RunConfig.from_yaml(path, ["train.parallel.tensor_model_parallel_size=2"]).train.parallel \
+        .tensor_model_parallel_size == 2
+    ident = run.identity()
+    assert {"mixture.sources", "model.preset", "model.precision", "train.seq_length", "train.global_batch_size",
+            "train.micro_batch_size", "train.train_iters", "train.seed", "train.optimizer.lr",
+            "train.optimizer.lr_decay_style", "tokenizer.type", "eval_sets"} <= set(ident)
+    assert not [k for k in ident if k.startswith(("train.parallel", "train.checkpoint", "run_id", "mixture.name"))]
+
+    other = RunConfig.from_dict({**run.to_dict(), "train": {**run.to_dict()["train"], "train_iters": 200}})
+    with pytest.raises(MegasynthError, match=r"^x/run\.yaml: run 'hq33' was started with train\.train_iters=100, "
+                                             r"now 200; .*new study_dir"):
+        other.check_same_run(run, "x/run.yaml")
+    relaid = RunConfig.from_yaml(path, ["train.parallel.tensor_model_parallel_size=2", "train.log_interval=1",
+                                        "train.checkpoint.save_interval=10", "run_id=renamed"])
+    relaid.check_same_run(run, "x/run.yaml")  # same run: only where it runs and what it logs changed
+    with pytest.raises(MegasynthError, match=r"^run_id: 'a/b' is not a directory name"):
+        RunConfig.from_yaml(path, ["run_id=a/b"])
+    with pytest.raises(MegasynthError, match=r"^mixtures: unknown mixture 'nope'"):
+        RunConfig.from_study(cfg, "nope")

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -324,3 +325,68 @@ def test_bad_mixture_inputs(study):
     with pytest.raises(MegasynthError, match=r"blend\[0\]"):
         train_one(cfg, bad, "hq33")
     shutil.rmtree(bad.root)
+
+
+def test_changed_setting_of_a_run_is_refused_not_skipped(study, trained):
+    """``runs/<run_id>/run.yaml`` holds the run: a complete or an unfinished run is refused when a setting that
+    changes the loss curve differs (the field, old and new value named), by train_one and by the train stage's
+    completion check alike; where it runs, how often it saves and what it logs may change."""
+    from megasynth.study.runs import runs_done
+
+    cfg, layout = study
+    run = RunConfig.from_study(cfg, "hq33")
+    longer = StudyConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "train_iters": 60}})
+    message = r"hq33/run\.yaml: run 'hq33' was started with train\.train_iters=30, now 60; .*delete .*hq33"
+    with pytest.raises(MegasynthError, match=message):
+        train_one(longer, layout, "hq33")
+    with pytest.raises(MegasynthError, match=message):
+        runs_done(longer, layout)
+    reseeded = RunConfig.from_dict({**run.to_dict(), "train": {**run.to_dict()["train"], "seed": 8}})
+    from megasynth.train import train_one as train_run
+
+    with pytest.raises(MegasynthError, match=r"train\.seed=7, now 8"):
+        train_run(reseeded, layout)
+    relaid = RunConfig.from_dict({**run.to_dict(), "train": {
+        **run.to_dict()["train"], "log_interval": 1, "checkpoint": {"save_interval": 5},
+        "parallel": {"use_distributed_optimizer": True}}})
+    assert train_run(relaid, layout) == trained  # the same run, complete: skipped
+
+    # An unfinished run (killed right after it started) is refused the same way, before anything is touched.
+    partial = RunConfig.from_dict({**run.to_dict(), "run_id": "partial"})
+    layout.run("partial").dir.mkdir(parents=True)
+    layout.run("partial").config.write_text(partial.to_yaml())
+    changed = RunConfig.from_dict({**partial.to_dict(), "mixture": {"name": "hq33", "sources": {"sotu": 1.0}}})
+    with pytest.raises(MegasynthError, match=r"partial/run\.yaml: run 'partial' was started with mixture\.sources="):
+        train_run(changed, layout)
+    assert sorted(p.name for p in layout.run("partial").dir.iterdir()) == ["run.yaml"]
+
+
+def test_launch_trains_exactly_the_run_of_a_run_file(study):
+    """``python -m megasynth.study.launch runs/<run_id>/run.yaml`` (a fresh process) trains that run: the loss
+    curve of the same settings trained in this process from the study."""
+    import subprocess
+    import sys
+
+    from megasynth.study.runs import plan_runs
+
+    cfg, layout = study
+    for n in ("natural-ref", "natural-file"):
+        write_json(layout.mixture(n), {**read_json(layout.mixture("natural")), "name": n})
+        mark_done(layout.mixture(n))
+    if not is_done(layout.run_dir("natural-ref") / "summary.json"):
+        train_one(_resume_cfg(cfg, "natural-ref"), layout, "natural-ref")
+    (run,) = plan_runs(_resume_cfg(cfg, "natural-file"))
+    path = layout.run("natural-file").config
+    path.parent.mkdir(parents=True)
+    path.write_text(run.to_yaml())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-m", "megasynth.study.launch", str(path), "train.log_interval=4"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = read_json(layout.run("natural-file").summary)
+    assert (summary["run_id"], summary["mixture"], summary["train_iters"]) == ("natural-file", "natural-file", 8)
+    keys = ("step", "loss", "grad_norm", "lr")
+    got = [[r[k] for k in keys] for r in read_jsonl(layout.run("natural-file").metrics)]
+    assert got == [[r[k] for k in keys] for r in read_jsonl(layout.run("natural-ref").metrics)]
+    assert RunConfig.from_yaml(path).train.log_interval == 4  # the resolved config of this attempt
+    assert len(list((layout.root / "invocations").glob("*-launch.yaml"))) == 1

@@ -46,14 +46,15 @@ def select_runs(runs: list[RunConfig], run_ids: list[str] | None = None,
 
 
 def runs_done(cfg: StudyConfig, layout: StudyLayout) -> bool:
-    """Whether every planned run is complete (the ``train`` stage's completion check).
+    """Whether every planned run is complete (the ``train`` stage's completion check); False without runs.
 
     Raises:
         MegasynthError: a run directory holds another run (a changed identity setting, named).
     """
     from megasynth.train.record import check_run_dir
 
-    return all([check_run_dir(run, layout.run(run.run_id)) for run in plan_runs(cfg)])
+    runs = plan_runs(cfg)
+    return bool(runs) and all([check_run_dir(run, layout.run(run.run_id)) for run in runs])
 
 
 def train_runs(cfg: StudyConfig, layout: StudyLayout) -> None:
