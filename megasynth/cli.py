@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = "\n".join(f"  {name:<{width}}{help_}" for name, help_ in commands.items())
     parser = argparse.ArgumentParser(
         prog="megasynth", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="run the synthetic-data pre-training study (corpora → generation → tokenization → mixtures → "
-                    "training → results → report), or analyse a results table",
+        description="run the synthetic-data pre-training study (corpora → generation → tokenization → "
+                    "mixtures → training → results → report), or analyse a results table",
         epilog=f"commands (`megasynth COMMAND --help` for the options of one):\n{listing}")
     parser.add_argument("command", metavar="COMMAND", choices=list(commands), help="one of the commands below")
     return parser

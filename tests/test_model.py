@@ -219,8 +219,8 @@ def test_activation_recomputation_same_losses(parallel):
     for gran in (None, "selective", "full"):
         extra = {"recompute_method": "uniform", "recompute_num_layers": 1} if gran == "full" else {}
         t = TrainConfig(seq_length=32, micro_batch_size=2, global_batch_size=2, train_iters=10,
-                        optimizer=OptimizerConfig(lr_warmup_iters=1), parallel=ParallelConfig(recompute_granularity=gran,
-                                                                                              **extra))
+                        optimizer=OptimizerConfig(lr_warmup_iters=1),
+                        parallel=ParallelConfig(recompute_granularity=gran, **extra))
         model, opt, sched = setup_model_and_optimizer(ModelConfig(preset="llama3-micro"), t, VOCAB)
         assert model[0].config.recompute_granularity == gran
         curves[gran] = [train_step(model, opt, sched, iter([batch]), 1, 32, 2)[0] for _ in range(3)]

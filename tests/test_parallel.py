@@ -161,6 +161,6 @@ def test_launch_dry_run_prints_config_and_layout(tmp_path):
     assert (plan["data_parallel_size"], plan["num_microbatches"], plan["layers_per_pipeline_chunk"]) == (4, 8, 8)
     assert plan["params"] == 8_030_261_248
     bad = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--dry-run", "--nproc", "3", str(study),
-                          "train.parallel.tensor_model_parallel_size=2"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=60)
+                          "train.parallel.tensor_model_parallel_size=2"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
     assert bad.returncode == 2 and "train.parallel.tensor_model_parallel_size" in bad.stderr and not bad.stdout

@@ -19,7 +19,8 @@ from megasynth.analysis.mixtures import compare_generators, efficiency, efficien
 from megasynth.analysis.report import natural_baseline, report_up_to_date, run_report
 from megasynth.analysis.results import COLUMNS, ResultRow, read_results, results_up_to_date, run_evaluate
 
-__all__ = ["run_evaluate", "run_report", "results_up_to_date", "report_up_to_date", "fit_data_law", "fit_law", "DataLaw", "DataLawFit", "LawFit", "LawSpec",
-           "natural_baseline", "read_results", "ResultRow", "COLUMNS", "RectifiedLaw", "RectifiedLawFit",
-           "fit_rectified_law", "ChinchillaFit", "fit_chinchilla", "compute_optimal", "fit_table", "extrapolation_check",
-           "optimal_ratio", "optimal_ratio_table", "efficiency", "efficiency_table", "compare_generators"]
+__all__ = ["run_evaluate", "run_report", "results_up_to_date", "report_up_to_date", "fit_data_law", "fit_law",
+           "DataLaw", "DataLawFit", "LawFit", "LawSpec", "natural_baseline", "read_results", "ResultRow", "COLUMNS",
+           "RectifiedLaw", "RectifiedLawFit", "fit_rectified_law", "ChinchillaFit", "fit_chinchilla",
+           "compute_optimal", "fit_table", "extrapolation_check", "optimal_ratio", "optimal_ratio_table",
+           "efficiency", "efficiency_table", "compare_generators"]

@@ -93,7 +93,9 @@ def run_generate(cfg: StudyConfig, layout: StudyLayout, *,
                 engine = engines.get(spec)
                 stats = _generate_style(cfg, layout, style, excerpts, pending, tokenizer, fmt, spec, engine)
             _write_manifest(cfg, layout, style, n_shards, len(excerpts), fmt, spec, engine, stats)
-        if synthllm:
+        if synthllm and source_done(layout, "synthllm"):
+            logger.info("generate synthllm: done; skipping")
+        elif synthllm:
             run_synthllm(cfg, layout, engine_factory=engines.get)
     finally:
         engines.close()  # ours (no engine_factory): free its processes and memory before the next stage

@@ -97,11 +97,9 @@ def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None
     """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from megasynth.config import ParallelConfig
-
-    p = parallel or ParallelConfig()
-    tensor_model_parallel_size = p.tensor_model_parallel_size
-    pipeline_model_parallel_size = p.pipeline_model_parallel_size
+    tensor_model_parallel_size = parallel.tensor_model_parallel_size if parallel else 1
+    pipeline_model_parallel_size = parallel.pipeline_model_parallel_size if parallel else 1
+    vpp = parallel.virtual_pipeline_model_parallel_size if parallel else None
     shape = shape or get_preset(model_cfg.preset)
     on_gpu = torch.cuda.is_available()
     te = model_cfg.transformer_impl == "transformer_engine"
@@ -110,7 +108,6 @@ def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None
     if shape.num_attention_heads % shape.num_query_groups:
         raise MegasynthError(f"model.preset: num_attention_heads {shape.num_attention_heads} "
                              f"is not a multiple of num_query_groups {shape.num_query_groups}")
-    vpp = p.virtual_pipeline_model_parallel_size
     stages = pipeline_model_parallel_size * (vpp or 1)
     if shape.num_layers % stages:
         raise MegasynthError(f"train.parallel.pipeline_model_parallel_size: {shape.num_layers} layers of "
@@ -148,10 +145,10 @@ def transformer_config(model_cfg: "ModelConfig", shape: LlamaShape | None = None
         use_cpu_initialization=not on_gpu,
         attention_softmax_in_fp32=True,
         virtual_pipeline_model_parallel_size=vpp,
-        sequence_parallel=p.sequence_parallel and tensor_model_parallel_size > 1,
-        recompute_granularity=p.recompute_granularity,
-        recompute_method=p.recompute_method,
-        recompute_num_layers=p.recompute_num_layers,
+        sequence_parallel=bool(parallel and parallel.sequence_parallel) and tensor_model_parallel_size > 1,
+        recompute_granularity=parallel.recompute_granularity if parallel else None,
+        recompute_method=parallel.recompute_method if parallel else None,
+        recompute_num_layers=parallel.recompute_num_layers if parallel else None,
         **_precision_kwargs(model_cfg),
     )
 

@@ -1,6 +1,6 @@
 """One metrics interface for a training run: JSONL files, TensorBoard events and a console line.
 
-Files of ``runs/<mix>/`` (see docs/CONTRACTS.md):
+Files of ``runs/<run_id>/`` (see docs/CONTRACTS.md; paths from :class:`~megasynth.layout.RunLayout`):
 
 - ``metrics.jsonl``: one row per optimizer step: ``step``, ``loss`` (mean training cross-entropy of
   the step, nats/token), ``lr``, ``grad_norm`` (L2 norm before clipping), ``consumed_tokens``,
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from megasynth.layout import RunLayout
 
 logger = logging.getLogger("megasynth.train")
 
@@ -101,7 +103,7 @@ class MetricsLogger:
     """Writes the metrics of one run (rank 0 only; a no-op elsewhere).
 
     Args:
-        run_dir: ``runs/<mix>``; ``metrics.jsonl``, ``evals.jsonl`` and ``tb/`` are created in it.
+        run_dir: ``runs/<run_id>``; ``metrics.jsonl``, ``evals.jsonl`` and ``tb/`` are created in it.
         name: run name for console lines.
         total_steps: optimizer steps of the run (for the ETA).
         log_interval: console line every this many steps (and at the last one).
@@ -115,7 +117,7 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, name: str, total_steps: int, log_interval: int, enabled: bool = True,
                  flops_per_token: float = 0.0, num_devices: int = 1, peak_tflops: Optional[float] = None,
                  start_step: int = 0):
-        self.run_dir = Path(run_dir)
+        self.files = RunLayout.at(run_dir)
         self.name, self.total_steps, self.log_interval, self.enabled = name, total_steps, log_interval, enabled
         self.flops_per_token, self.num_devices, self.peak_tflops = flops_per_token, max(1, num_devices), peak_tflops
         self.start_step = start_step
@@ -129,16 +131,16 @@ class MetricsLogger:
         self.last_loss = float("nan")
         self.last_eval_losses: dict[str, float] = {}
         if start_step:
-            rows = _truncate_jsonl(self.run_dir / "metrics.jsonl", start_step) if enabled else []
-            evals = _truncate_jsonl(self.run_dir / "evals.jsonl", start_step) if enabled else []
+            rows = _truncate_jsonl(self.files.metrics, start_step) if enabled else []
+            evals = _truncate_jsonl(self.files.evals, start_step) if enabled else []
             self._broadcast_resume_state(rows, evals)
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
-            self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
-            self._evals = open(self.run_dir / "evals.jsonl", "a", encoding="utf-8")
+            self.files.dir.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(log_dir=str(self.files.tb), purge_step=start_step + 1 if start_step else None)
+            self._metrics = open(self.files.metrics, "a", encoding="utf-8")
+            self._evals = open(self.files.evals, "a", encoding="utf-8")
 
     def _broadcast_resume_state(self, rows: list[dict], evals: list[dict]) -> None:
         """Last loss, last evals and earlier training time from rank 0's kept rows, on every rank."""

@@ -34,7 +34,6 @@ import time
 from typing import Optional
 
 from megasynth.generate.generator_model import resolve_generator
-from megasynth.generate.pipeline import source_done
 from megasynth.generate.prompts import resolve_format
 from megasynth.generate.reader import sample_excerpts
 from megasynth.generate.synthllm import steps
@@ -48,7 +47,8 @@ logger = logging.getLogger("megasynth.generate")
 
 
 def run_synthllm(cfg, layout: StudyLayout, *, engine_factory: Optional[EngineFactory] = None) -> None:
-    """Generate the ``synthllm`` source into ``synthetic/synthllm/`` (see module docstring).
+    """Generate the ``synthllm`` source into ``synthetic/synthllm/`` (see module docstring); finished shards,
+    graph and combinations are reused (the generate stage skips a complete source before calling this).
 
     Args:
         cfg: the study (:class:`~megasynth.config.StudyConfig`); reads ``cfg.generation`` (generator,
@@ -65,9 +65,6 @@ def run_synthllm(cfg, layout: StudyLayout, *, engine_factory: Optional[EngineFac
     """
     g = cfg.generation
     s = g.synthllm
-    if source_done(layout, SOURCE):
-        logger.info("synthllm: done; skipping")
-        return
     clear_done(layout.synthetic_manifest(SOURCE))
     t_start = time.monotonic()
     shard_size = s.shard_size or g.shard_size

@@ -1,0 +1,31 @@
+"""Dataclass configs for every stage of a study; YAML in, dotted overrides, validation (the base floor).
+
+A study file is YAML whose top-level keys map to :class:`StudyConfig` fields. Unknown keys, wrong
+types and out-of-range values raise :class:`~megasynth.utils.MegasynthError` with a one-line message
+naming the dotted field, e.g. ``mixtures[2].sources.hq: ratio must be >= 0, got -0.1``.
+
+Sections by role (after torchtitan's ``config/configs.py`` and OLMo-core's ``Config.validate``): each
+section's ``validate(where)`` checks its own fields and names them by their dotted path;
+:meth:`StudyConfig.validate` adds only the checks across sections. :class:`RunConfig` is one training
+run, fully determined (what ``runs/<run_id>/run.yaml`` holds).
+
+Example::
+
+    cfg = StudyConfig.from_yaml("examples/quickstart.yaml", overrides=["train.train_iters=20"])
+    cfg.train.optimizer.lr, cfg.train.parallel.tensor_model_parallel_size, cfg.train.checkpoint.save_interval
+
+Modules: :mod:`.data` (corpora, generation, tokenizer, mixtures), :mod:`.training` (model, ``train`` and its
+sections), :mod:`.study` (:class:`StudyConfig`, :class:`RunConfig`), :mod:`.loading` (YAML, overrides, typed
+build). Every name is importable from ``megasynth.config``.
+"""
+
+from megasynth.config.data import (STYLES, SYNTHETIC_SOURCES, CorporaConfig, CorpusConfig, GenerationConfig,
+                                   MixtureConfig, SamplingConfig, SynthLLMConfig, TokenizerConfig)
+from megasynth.config.loading import MOVED_KEYS, apply_override, read_yaml
+from megasynth.config.study import RUN_LAYOUT_FIELDS, ReportConfig, RunConfig, StudyConfig
+from megasynth.config.training import CheckpointConfig, ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig
+
+__all__ = ["STYLES", "SYNTHETIC_SOURCES", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
+           "GenerationConfig", "TokenizerConfig", "MixtureConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig",
+           "CheckpointConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig", "RUN_LAYOUT_FIELDS",
+           "MOVED_KEYS", "apply_override", "read_yaml"]

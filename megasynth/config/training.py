@@ -1,0 +1,194 @@
+"""Configs of a training run by role (after torchtitan's ``config/configs.py``): the model, and ``train`` with
+its ``optimizer``, ``parallel`` and ``checkpoint`` sections. Each section's ``validate(where)`` names its dotted
+fields; a component receives its own section (``model/builder.py`` the parallel one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from megasynth.utils import MegasynthError
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "llama3-tiny"
+    """Named shape from :mod:`megasynth.model.presets` (``llama3-tiny``, ``llama3-100m`` … ``llama3-8b``)."""
+    transformer_impl: Literal["local", "transformer_engine"] = "local"
+    """megatron-core layer spec: ``local`` (pure PyTorch, CPU) or ``transformer_engine`` (GPU)."""
+    precision: Literal["fp32", "bf16", "fp16", "fp8"] = "fp32"
+    init_method_std: float = 0.02
+    fp8_format: Literal["hybrid", "e4m3"] = "hybrid"
+    """FP8 format through Transformer Engine (``hybrid``: E4M3 forward, E5M2 gradients); precision fp8 only."""
+    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "delayed"
+    """FP8 scaling recipe (Megatron's ``--fp8-recipe``; ``tensorwise`` = current scaling; what TE offers)."""
+    first_last_layers_bf16: bool = False
+    """Keep the first and last ``num_layers_at_start_in_bf16``/``..._end_in_bf16`` layers in bf16 under fp8."""
+    num_layers_at_start_in_bf16: int = 1
+    num_layers_at_end_in_bf16: int = 1
+
+    def validate(self, where: str = "model") -> None:
+        """Known preset; fp8 only with Transformer Engine; raise :class:`MegasynthError` naming the field."""
+        from megasynth.model.presets import PRESETS  # local import: presets import torch-free code only
+
+        if self.preset not in PRESETS:
+            raise MegasynthError(f"{where}.preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        if self.transformer_impl == "local" and self.precision == "fp8":
+            raise MegasynthError(f"{where}.precision: fp8 needs {where}.transformer_impl: transformer_engine")
+        if self.precision == "fp8" and self.first_last_layers_bf16 and self.fp8_recipe == "delayed":
+            raise MegasynthError(f"{where}.first_last_layers_bf16: not supported with fp8_recipe: delayed "
+                                 "(use tensorwise, mxfp8 or blockwise)")
+
+
+@dataclass
+class OptimizerConfig:
+    """``train.optimizer``: megatron-core's AdamW and its ``OptimizerParamScheduler`` (learning-rate schedule)."""
+
+    lr: float = 3e-3
+    """Peak learning rate (reached after ``lr_warmup_iters`` steps)."""
+    min_lr: float = 3e-4
+    """Learning rate at ``train.train_iters`` after the decay."""
+    lr_warmup_iters: int = 10
+    """Steps of linear warmup from 0 to ``lr``."""
+    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices (not on norms)."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Gradient clipping at this global L2 norm."""
+
+    def validate(self, where: str = "train.optimizer") -> None:
+        """Range checks; raise :class:`MegasynthError` naming the dotted field."""
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise MegasynthError(f"{where}.min_lr: must satisfy 0 <= min_lr <= lr and lr > 0")
+        if self.lr_warmup_iters < 0:
+            raise MegasynthError(f"{where}.lr_warmup_iters: must be >= 0")
+
+
+@dataclass
+class ParallelConfig:
+    """``train.parallel``: how a run is laid out over devices (megatron-core parallel_state, DDP, memory).
+
+    Nothing here changes the loss curve beyond float reduction order, so it may change between attempts of
+    a run (``dist_checkpointing`` reshards on resume).
+    """
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    """Model chunks per pipeline rank (interleaved 1F1B); layers must divide by pp * vpp."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state and fp32 master weights over data-parallel ranks (ZeRO-1)."""
+    overlap_grad_reduce: bool = False
+    """Overlap the data-parallel gradient all-reduce/reduce-scatter with the backward pass."""
+    overlap_param_gather: bool = False
+    """With the distributed optimizer: overlap the parameter all-gather with the next forward."""
+    sequence_parallel: bool = False
+    """Shard norms/dropout activations along the sequence over TP ranks (needs tensor_model_parallel_size > 1)."""
+    recompute_granularity: Optional[Literal["full", "selective"]] = None
+    """Activation recomputation: ``selective`` (core attention) or ``full`` (whole layers); ``None`` off."""
+    recompute_method: Optional[Literal["uniform", "block"]] = None
+    """For ``full``: ``uniform`` (chunks of ``recompute_num_layers``) or ``block`` (first N layers per stage)."""
+    recompute_num_layers: Optional[int] = None
+
+    def validate(self, where: str = "train.parallel") -> None:
+        """Range and compatibility checks; raise :class:`MegasynthError` naming the dotted field."""
+        for fname in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+            if getattr(self, fname) <= 0:
+                raise MegasynthError(f"{where}.{fname}: must be > 0")
+        if self.virtual_pipeline_model_parallel_size is not None and (
+                self.virtual_pipeline_model_parallel_size < 1 or self.pipeline_model_parallel_size < 2):
+            raise MegasynthError(f"{where}.virtual_pipeline_model_parallel_size: must be >= 1 and needs "
+                                 "pipeline_model_parallel_size >= 2")
+        if self.sequence_parallel and self.tensor_model_parallel_size < 2:
+            raise MegasynthError(f"{where}.sequence_parallel: needs tensor_model_parallel_size >= 2")
+        if self.recompute_granularity == "full" and (self.recompute_method is None or not self.recompute_num_layers):
+            raise MegasynthError(f"{where}.recompute_method: full recomputation needs recompute_method and "
+                                 "recompute_num_layers")
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            raise MegasynthError(f"{where}.overlap_param_gather: needs use_distributed_optimizer: true")
+
+    @property
+    def model_parallel_size(self) -> int:
+        """``tp * pp``: processes holding one copy of the model (the data-parallel size is world / this)."""
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+
+
+@dataclass
+class CheckpointConfig:
+    """``train.checkpoint``: when a run saves ``dist_checkpointing`` checkpoints."""
+
+    save_interval: Optional[int] = None
+    """Steps between checkpoints; ``None`` saves only the final one."""
+    exit_signal_handler: bool = True
+    """On SIGTERM/SIGUSR1, save a checkpoint after the current step and stop (SLURM preemption/time limit)."""
+
+    def validate(self, where: str = "train.checkpoint") -> None:
+        """Range checks; raise :class:`MegasynthError` naming the dotted field."""
+        if self.save_interval is not None and self.save_interval <= 0:
+            raise MegasynthError(f"{where}.save_interval: must be > 0 (null saves only the final checkpoint)")
+
+
+@dataclass
+class TrainConfig:
+    """``train``: batch, budget and evaluation of a run, with its ``optimizer``, ``parallel`` and
+    ``checkpoint`` sections."""
+
+    seq_length: int = 256
+    """Tokens per sample."""
+    micro_batch_size: int = 4
+    """Samples per micro batch per data-parallel rank."""
+    global_batch_size: int = 16
+    """Samples per optimizer step across data-parallel ranks (gradient accumulation fills the gap)."""
+    train_iters: int = 100
+    """Optimizer steps."""
+    eval_interval: int = 25
+    """Evaluate every this many steps (and at the last step); each evaluation is one budget row."""
+    eval_iters: int = 8
+    """Micro batches of held-out data per evaluation per eval set."""
+    log_interval: int = 5
+    """Console line every this many steps (``metrics.jsonl`` gets every step)."""
+    seed: int = 1234
+    """Seed of the initial weights, data order and RNG states."""
+    num_workers: int = 0
+    """DataLoader workers."""
+    peak_tflops: Optional[float] = None
+    """Peak dense TFLOP/s per device for MFU; ``None`` looks the GPU up (H100/H200/A100), no MFU on CPU."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self, where: str = "train") -> None:
+        """Check this section and its sections; raise :class:`MegasynthError` naming the dotted field."""
+        for fname in ("seq_length", "micro_batch_size", "global_batch_size", "train_iters", "eval_interval",
+                      "eval_iters", "log_interval"):
+            if getattr(self, fname) <= 0:
+                raise MegasynthError(f"{where}.{fname}: must be > 0")
+        if self.global_batch_size % self.micro_batch_size:
+            raise MegasynthError(f"{where}.global_batch_size: must be a multiple of {where}.micro_batch_size")
+        if self.num_workers < 0:
+            raise MegasynthError(f"{where}.num_workers: must be >= 0")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise MegasynthError(f"{where}.peak_tflops: must be > 0")
+        self.optimizer.validate(f"{where}.optimizer")
+        self.parallel.validate(f"{where}.parallel")
+        self.checkpoint.validate(f"{where}.checkpoint")
+        if self.optimizer.lr_warmup_iters >= self.train_iters:
+            raise MegasynthError(f"{where}.optimizer.lr_warmup_iters: must be in [0, {where}.train_iters)")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Training tokens per optimizer step (``global_batch_size * seq_length``)."""
+        return self.global_batch_size * self.seq_length
+
+    @property
+    def train_samples(self) -> int:
+        """Training samples of the whole run (``train_iters * global_batch_size``)."""
+        return self.train_iters * self.global_batch_size
+
+    @property
+    def train_tokens(self) -> int:
+        """Training tokens of the whole run (D of the scaling laws)."""
+        return self.train_iters * self.tokens_per_step
