@@ -149,6 +149,20 @@ def mark_done(path: str | os.PathLike, info: dict | None = None) -> None:
     write_json(marker_path(path), {"completed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})})
 
 
+def sum_markers(paths: Iterable[str | os.PathLike]) -> dict[str, int]:
+    """Sum of the integer fields (not booleans) of the completion markers of ``paths`` (shard counts).
+
+    Raises:
+        MegasynthError: a marker is missing or not valid JSON.
+    """
+    totals: dict[str, int] = {}
+    for p in paths:
+        for key, v in read_json(marker_path(p)).items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                totals[key] = totals.get(key, 0) + v
+    return totals
+
+
 def clear_done(path: str | os.PathLike) -> None:
     """Remove the completion marker of ``path`` if present."""
     with contextlib.suppress(FileNotFoundError):

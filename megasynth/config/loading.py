@@ -6,12 +6,43 @@ import copy
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 
 from megasynth.config.training import CheckpointConfig, OptimizerConfig, ParallelConfig
 from megasynth.utils import MegasynthError
+
+
+class ConfigFile:
+    """Construction of a top-level config read from a file (a study file, a run file): YAML with overrides
+    in, checked by the class's ``validate()``; ``KIND`` names the file in errors."""
+
+    KIND = "config file"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Self:
+        """Load ``path`` and apply dotted ``key=value`` overrides (values parsed as YAML).
+
+        Raises:
+            MegasynthError: missing file, YAML syntax error (``file:line``), unknown key, bad value.
+        """
+        return cls.from_dict(read_yaml(path, cls.KIND, overrides))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Self:
+        cfg = build(cls, data, "")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def read_yaml(path: str | Path, what: str, overrides: list[str] | None = None) -> dict:

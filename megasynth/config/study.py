@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-
 from megasynth.config.data import CorporaConfig, GenerationConfig, MixtureConfig, TokenizerConfig
-from megasynth.config.loading import build, flatten, read_yaml
+from megasynth.config.loading import ConfigFile, flatten
 from megasynth.config.training import ModelConfig, TrainConfig
 from megasynth.utils import MegasynthError
 
@@ -40,8 +37,13 @@ class ReportConfig:
 
 
 @dataclass
-class StudyConfig:
-    """A whole study: corpora, generation, tokenizer, mixtures, and the model and training of its runs."""
+class StudyConfig(ConfigFile):
+    """A whole study: corpora, generation, tokenizer, mixtures, and the model and training of its runs.
+
+    ``StudyConfig.from_yaml(path, overrides)`` reads a study file (:class:`~megasynth.config.loading.ConfigFile`).
+    """
+
+    KIND = "study file"
 
     name: str = "study"
     study_dir: str = "studies/study"
@@ -55,28 +57,6 @@ class StudyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "StudyConfig":
-        """Load a study file and apply dotted ``key=value`` overrides (values parsed as YAML).
-
-        Raises:
-            MegasynthError: missing file, YAML syntax error (``file:line``), unknown key, bad value.
-        """
-        return cls.from_dict(read_yaml(path, "study file", overrides))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "StudyConfig":
-        cfg = build(cls, data, "")
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -136,14 +116,16 @@ logs and saves, never its loss curve. Every other field is part of :meth:`RunCon
 
 
 @dataclass
-class RunConfig:
+class RunConfig(ConfigFile):
     """One training run, fully determined: everything :func:`megasynth.train.train_one` reads.
 
     Planned from a study by :func:`megasynth.study.runs.plan_runs`; written resolved to
     ``runs/<run_id>/run.yaml`` when the run starts; ``python -m megasynth.study.launch runs/<run_id>/run.yaml``
     trains exactly this run. A run directory whose ``run.yaml`` differs in an :meth:`identity` field is
-    another run: :meth:`check_same_run` refuses it.
+    another run: :meth:`check_same_run` refuses it. ``RunConfig.from_yaml(path, overrides)`` reads a run file.
     """
+
+    KIND = "run file"
 
     run_id: str
     """Directory name of the run (``runs/<run_id>/``); the mixture name for a study's default runs."""
@@ -168,27 +150,6 @@ class RunConfig:
                   tokenizer=copy.deepcopy(cfg.tokenizer), eval_sets=list(cfg.eval_sets))
         run.validate()
         return run
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "RunConfig":
-        """Load a run file (``runs/<run_id>/run.yaml``) with dotted overrides.
-
-        Raises:
-            MegasynthError: missing file, YAML syntax error (``file:line``), unknown key, bad value.
-        """
-        return cls.from_dict(read_yaml(path, "run file", overrides))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
-        run = build(cls, data, "")
-        run.validate()
-        return run
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # ------------------------------------------------------------------ derived
     @property

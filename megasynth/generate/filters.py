@@ -11,6 +11,7 @@ Each output gets at most one reason, checked in this order:
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 REASONS = ("empty", "truncated", "degenerate")
 
@@ -34,3 +35,11 @@ def filter_reason(text: str, finish_reason: str | None, *, min_output_words: int
     if top_ngram_fraction(text, 4) > max_repeated_ngram_frac:
         return "degenerate"
     return None
+
+
+def manifest_counts(totals: dict[str, int], reasons: Sequence[str] = REASONS) -> dict:
+    """A manifest's ``counts`` (``requests``, ``kept``, ``filtered`` by reason), ``prompt_tokens`` and
+    ``output_tokens`` from the summed shard markers (:func:`megasynth.utils.sum_markers`)."""
+    return {"counts": {"requests": totals.get("requests", 0), "kept": totals.get("kept", 0),
+                       "filtered": {r: totals.get(f"filtered_{r}", 0) for r in reasons}},
+            "prompt_tokens": totals.get("prompt_tokens", 0), "output_tokens": totals.get("output_tokens", 0)}

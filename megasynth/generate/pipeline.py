@@ -19,12 +19,12 @@ from typing import Callable, Optional
 
 from megasynth.config import StudyConfig
 from megasynth.generate.backends import Completion, Request, VllmEngine
-from megasynth.generate.filters import REASONS, filter_reason
+from megasynth.generate.filters import REASONS, filter_reason, manifest_counts
 from megasynth.generate.generator_model import GeneratorSpec, resolve_generator
 from megasynth.generate.prompts import PROMPT_VERSION, build_prompt, resolve_format
 from megasynth.generate.reader import Excerpt, sample_excerpts
 from megasynth.layout import StudyLayout
-from megasynth.utils import Progress, clear_done, is_done, mark_done, read_json, marker_path, write_json, write_jsonl
+from megasynth.utils import Progress, clear_done, is_done, mark_done, read_json, sum_markers, write_json, write_jsonl
 
 logger = logging.getLogger("megasynth.generate")
 
@@ -170,12 +170,7 @@ def _write_shard(cfg, layout, style, k, items, fmt, spec: GeneratorSpec, per_req
 
 
 def _write_manifest(cfg, layout, style, n_shards, n_requests, fmt, spec: GeneratorSpec, engine, stats) -> None:
-    totals: dict[str, int] = {}
-    for k in range(n_shards):
-        info = read_json(marker_path(layout.synthetic_shard(style, k)))
-        for key, v in info.items():
-            if isinstance(v, int):
-                totals[key] = totals.get(key, 0) + v
+    totals = sum_markers(layout.synthetic_shard(style, k) for k in range(n_shards))
     wall = stats["wall_s"]
     manifest = {
         "style": style,
@@ -185,10 +180,7 @@ def _write_manifest(cfg, layout, style, n_shards, n_requests, fmt, spec: Generat
         "sampling": asdict(cfg.generation.sampling),
         "source": cfg.generation_source,
         "shards": [layout.synthetic_shard(style, k).name for k in range(n_shards)],
-        "counts": {"requests": totals.get("requests", 0), "kept": totals.get("kept", 0),
-                   "filtered": {r: totals.get(f"filtered_{r}", 0) for r in REASONS}},
-        "prompt_tokens": totals.get("prompt_tokens", 0),
-        "output_tokens": totals.get("output_tokens", 0),
+        **manifest_counts(totals),
         "wall_s": round(wall, 2),
         "generated_tokens_per_s": round(stats["new_output_tokens"] / wall, 2) if wall > 0 else None,
         "engine": (engine.settings | {"start_s": round(engine.start_s, 2)}) if engine is not None else None,

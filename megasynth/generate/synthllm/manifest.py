@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from pathlib import Path
 
+from megasynth.generate.filters import manifest_counts
 from megasynth.generate.synthllm import concepts as C
 from megasynth.generate.synthllm.engines import EngineCache
 from megasynth.generate.synthllm.graph import STATS_FILE as GRAPH_STATS
@@ -14,26 +14,17 @@ from megasynth.generate.synthllm.quality import LevelAccumulator
 from megasynth.generate.synthllm.scoring import PREFILTER_REASONS
 from megasynth.generate.synthllm.steps import FILTER_REASONS, SOURCE
 from megasynth.layout import StudyLayout
-from megasynth.utils import mark_done, marker_path, read_json, read_jsonl, write_json
+from megasynth.utils import mark_done, marker_path, read_json, read_jsonl, sum_markers, write_json
 
 logger = logging.getLogger("megasynth.generate")
-
-
-def _sum_markers(paths: list[Path]) -> dict:
-    totals: dict[str, int] = {}
-    for p in paths:
-        for key, v in read_json(marker_path(p)).items():
-            if isinstance(v, int) and not isinstance(v, bool):
-                totals[key] = totals.get(key, 0) + v
-    return totals
 
 
 def write_manifest(cfg, layout: StudyLayout, G, combos, n_doc_shards, n_out, spec, aspec, fmt, engines: EngineCache,
                     timings: dict, wall: float) -> None:
     g, s = cfg.generation, cfg.generation.synthllm
-    sc = _sum_markers([layout.synthetic_shard(SOURCE, k, "scores") for k in range(n_doc_shards)])
-    ex = _sum_markers([layout.synthetic_shard(SOURCE, k, "concepts") for k in range(n_doc_shards)])
-    out = _sum_markers([layout.synthetic_shard(SOURCE, k) for k in range(n_out)])
+    sc = sum_markers([layout.synthetic_shard(SOURCE, k, "scores") for k in range(n_doc_shards)])
+    ex = sum_markers([layout.synthetic_shard(SOURCE, k, "concepts") for k in range(n_doc_shards)])
+    out = sum_markers([layout.synthetic_shard(SOURCE, k) for k in range(n_out)])
     graph_stats = read_json(layout.synthllm_graph_dir / GRAPH_STATS)
     comb_info = read_json(marker_path(layout.synthllm_combinations)).get("levels", {})
     wanted = sorted({int(x) for x in s.samples_per_level})
@@ -62,10 +53,7 @@ def write_manifest(cfg, layout: StudyLayout, G, combos, n_doc_shards, n_out, spe
         "synthllm": asdict(s),
         "source": cfg.generation_source,
         "shards": [layout.synthetic_shard(SOURCE, k).name for k in range(n_out)],
-        "counts": {"requests": out.get("requests", 0), "kept": out.get("kept", 0),
-                   "filtered": {r: out.get(f"filtered_{r}", 0) for r in FILTER_REASONS}},
-        "prompt_tokens": out.get("prompt_tokens", 0),
-        "output_tokens": out.get("output_tokens", 0),
+        **manifest_counts(out, FILTER_REASONS),
         "selection": {"candidates": sc.get("candidates", 0),
                       "prefiltered": {r: sc.get(f"prefilter_{r}", 0) for r in PREFILTER_REASONS},
                       "scored": sc.get("scored", 0), "unparsable_scores": sc.get("unparsable", 0),
