@@ -349,7 +349,9 @@ def test_changed_setting_of_a_run_is_refused_not_skipped(study, trained):
     relaid = RunConfig.from_dict({**run.to_dict(), "train": {
         **run.to_dict()["train"], "log_interval": 1, "checkpoint": {"save_interval": 5},
         "parallel": {"use_distributed_optimizer": True}}})
-    assert train_run(relaid, layout) == trained  # the same run, complete: skipped
+    before = read_json(layout.run("hq33").summary)
+    assert train_run(relaid, layout) == before  # the same run, complete: skipped, nothing rewritten
+    assert read_json(layout.run("hq33").summary) == before
 
     # An unfinished run (killed right after it started) is refused the same way, before anything is touched.
     partial = RunConfig.from_dict({**run.to_dict(), "run_id": "partial"})
