@@ -254,6 +254,12 @@ class TrainConfig:
     """On SIGTERM/SIGUSR1, save a checkpoint after the current step and stop (SLURM preemption/time limit)."""
     peak_tflops: Optional[float] = None
     """Peak dense TFLOP/s per device for MFU; ``None`` looks the GPU up (H100/H200/A100), no MFU on CPU."""
+    init_from: Optional[str] = None
+    """Continued pre-training: a megatron checkpoint (a root with ``latest_checkpointed_iteration.txt`` or an
+    ``iter_NNNNNNN`` directory, e.g. from ``tools/convert_checkpoint.py import``) whose model weights start
+    every run, at any TP/PP. Only the weights are read: the optimizer state is fresh and the LR schedule
+    (``lr``, ``lr_warmup_iters``, decay) starts at step 0. Its architecture and tensor shapes must match
+    ``model.preset`` and its vocabulary the tokenizer. ``None``: layout-independent random init."""
 
 
 @dataclass
@@ -419,6 +425,8 @@ class StudyConfig:
             raise MegasynthError("train.overlap_param_gather: needs use_distributed_optimizer: true")
         if t.peak_tflops is not None and t.peak_tflops <= 0:
             raise MegasynthError("train.peak_tflops: must be > 0")
+        if t.init_from is not None and not Path(t.init_from).is_dir():
+            raise MegasynthError(f"train.init_from: checkpoint directory not found: {t.init_from}")
         r = self.report
         if r.bootstrap < 0:
             raise MegasynthError("report.bootstrap: must be >= 0")

@@ -303,7 +303,7 @@ def _resume_key(cfg: "StudyConfig", vocab_size: int) -> dict:
     """Fields that must be unchanged for a checkpoint to resume the same run (layout may change)."""
     t, m = cfg.train, cfg.model
     keys = ("seq_length", "global_batch_size", "train_iters", "lr", "min_lr", "lr_warmup_iters", "lr_decay_style",
-            "weight_decay", "seed")
+            "weight_decay", "seed", "init_from")
     return {"model.preset": m.preset, "model.precision": m.precision, "vocab_size": vocab_size,
             **{f"train.{k}": getattr(t, k) for k in keys}}
 
@@ -546,6 +546,10 @@ def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> d
     tokenizer = load_tokenizer(cfg.tokenizer, layout)
     run = _Run(cfg, layout, mixture_name, tokenizer, mixture["_blend"], run_dir)
     first = run.load(ckpt_root) if resume else 0
+    if not resume and getattr(t, "init_from", None):  # continued pre-training: weights only, fresh optimizer/LR
+        from megasynth.model.convert import load_pretrained
+
+        load_pretrained(run.model, t.init_from, run.shape, tokenizer.vocab_size, run.optimizer, preset=cfg.model.preset)
     if resume:
         logger.info("%s: resuming from step %d (%s)", mixture_name, first, ckpt_root)
     logger.info("%s: %s, %d params (%d non-embedding), %d steps x %d tokens, %d micro batches/step, "
