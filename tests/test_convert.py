@@ -3,7 +3,8 @@ in the test: untied, tied embeddings, grouped-query attention, Llama-3.1 RoPE sc
 
 - HF → megatron: logits of the megatron model loaded from the imported checkpoint equal HF's within
   ``LOGIT_ATOL`` (fp32) at TP=1 (one process) and at TP=2 and PP=2 (two processes, gloo). Measured max
-  |Δlogit| (CPU, logits up to ~7): 5.3e-6–6.7e-6 at TP=1, 5.3e-6–9.0e-6 at TP=2, 5.3e-6–6.7e-6 at PP=2.
+  |Δlogit| (CPU, logits up to ~7, four variants): 4.7e-6–7.2e-6 at TP=1, 5.3e-6–7.8e-6 at TP=2,
+  4.7e-6–7.2e-6 at PP=2.
 - megatron → HF → megatron: every checkpoint tensor ``torch.equal``; HF → megatron → HF: every
   safetensors tensor ``torch.equal`` and transformers loads the export with bit-identical logits.
 - Bad input: one-line errors naming the config field, the file and tensor, or ``train.init_from``.
@@ -95,6 +96,26 @@ def test_presets_know_their_hf_configs():
         assert (cfg["vocab_size"], cfg["tie_word_embeddings"], cfg["max_position_embeddings"]) == (128_256, tied, 131_072)
         back = shape_from_hf_config(cfg)
         assert preset_of(back) == name and back.vocab_size == 128_256
+
+
+LLAMA_3_2_1B_CONFIG = {  # meta-llama/Llama-3.2-1B config.json (transformers 4.45 format)
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 128000,
+    "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+    "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
+    "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8, "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                            "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+    "vocab_size": 128256}
+
+
+def test_published_config_is_the_preset():
+    from megasynth.model.hf_compat import shape_from_hf_config
+    from megasynth.model.presets import preset_of
+
+    assert preset_of(shape_from_hf_config(LLAMA_3_2_1B_CONFIG)) == "llama3-1b"
+    untied = shape_from_hf_config({**LLAMA_3_2_1B_CONFIG, "tie_word_embeddings": False})
+    assert preset_of(untied) is None and untied.total_params() == 1_235_814_400 + 128_256 * 2048
 
 
 @pytest.mark.parametrize("variant", list(TINY_LLAMA_VARIANTS))
@@ -190,7 +211,15 @@ def test_export_trained_checkpoint_with_preset(tmp_path):
     finally:
         builder.destroy_parallel()
     assert main(["export", "--megatron-path", str(tmp_path / "ckpt"), "--hf-path", str(tmp_path / "hf")]) == 2
-    export_hf(tmp_path / "ckpt", tmp_path / "hf", preset="llama3-micro")
+    from transformers import AutoTokenizer
+
+    from megasynth.data.tokenizer import train_bpe_tokenizer
+
+    bpe = train_bpe_tokenizer(PROSE * 4, 400, tmp_path / "bpe")  # the study's tokenizer kind
+    export_hf(tmp_path / "ckpt", tmp_path / "hf", tokenizer=tmp_path / "bpe", preset="llama3-micro")
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf_tok(PROSE[2], add_special_tokens=False)["input_ids"] == bpe.tokenize(PROSE[2])
+    assert hf_tok.eos_token_id == bpe.eod
     out = _safetensors(tmp_path / "hf")
     assert set(out) == set(sd) and all(torch.equal(out[k], sd[k]) for k in sd)
     assert (_hf_logits(tmp_path / "hf", ids, pos) - ref).abs().max().item() <= LOGIT_ATOL

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -138,6 +139,7 @@ def _process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
+@functools.lru_cache(maxsize=1)
 def _layer_keys_map() -> dict[str, str]:
     """Local-spec per-layer names → checkpoint names (megatron's ``sharded_state_dict_keys_map``)."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -342,7 +344,7 @@ def _single_rank_parallel() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------------
-def _load_layer(ckpt: Path, meta: dict, names: Sequence[str], layer: int | None) -> dict[str, torch.Tensor]:
+def _load_tensors(ckpt: Path, meta: dict, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Full (global) tensors of ``names`` (local-spec TP=1 names) from the checkpoint; one layer's slice
     of the stacked layer tensors."""
     from megatron.core import dist_checkpointing
@@ -509,12 +511,15 @@ def export_hf(megatron_path: str | Path, hf_path: str | Path, tokenizer: str | P
         logger.info("export %s -> %s: %d layers, vocab %d, %s", ckpt, hf_path, shape.num_layers, vocab, dtype_name)
         with _output_dir(hf_path, overwrite, "--hf-path") as tmp:
             writer = _ShardWriter(tmp, order, max_shard_bytes)
-            cast: Callable[[dict], dict] = lambda d: {k: v.to(out_dtype) for k, v in d.items()}  # noqa: E731
+
+            def cast(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                return {k: v.to(out_dtype) for k, v in tensors.items()}
+
             progress = Progress(f"export {ckpt.name}", shape.num_layers + 1, unit="layers")
             top = ["embedding.word_embeddings.weight", "decoder.final_layernorm.weight"]
             if not shape.tie_word_embeddings:
                 top.append("output_layer.weight")
-            t = _load_layer(ckpt, meta, top, None)
+            t = _load_tensors(ckpt, meta, top)
             first = {"model.embed_tokens.weight": t["embedding.word_embeddings.weight"][:vocab],
                      "model.norm.weight": t["decoder.final_layernorm.weight"]}
             if not shape.tie_word_embeddings:
@@ -522,7 +527,7 @@ def export_hf(megatron_path: str | Path, hf_path: str | Path, tokenizer: str | P
             writer.add(cast(first))
             progress.update(1)
             for i in range(shape.num_layers):
-                t = _load_layer(ckpt, meta, _local_layer_names(i), i)
+                t = _load_tensors(ckpt, meta, _local_layer_names(i))
                 writer.add(cast(megatron_layer_to_hf(t.__getitem__, i, shape)))
                 progress.update(1)
             writer.close()
@@ -569,7 +574,7 @@ def load_pretrained(model, path: str | Path, shape: LlamaShape, vocab_size: int,
     from megatron.core import dist_checkpointing
 
     from megasynth.model.builder import _sharded_tensors
-    from megasynth.train.checkpoint import _chunks, load_checkpoint, read_common
+    from megasynth.train.checkpoint import load_checkpoint, read_common
 
     ckpt = resolve_checkpoint(path, field)
     what = f"model.preset {preset!r}" if preset else "the run's model"
@@ -585,7 +590,9 @@ def load_pretrained(model, path: str | Path, shape: LlamaShape, vocab_size: int,
         raise MegasynthError(f"{field}: {ckpt} has a vocabulary of {v} ids, the tokenizer has {vocab_size} "
                              "(use the checkpoint's tokenizer)")
     meta = dict(dist_checkpointing.load_tensors_metadata(str(ckpt)))
-    for chunk in _chunks(model):
+    for chunk in (model if isinstance(model, (list, tuple)) else [model]):
+        while isinstance(getattr(chunk, "module", None), torch.nn.Module):  # DDP / Float16Module
+            chunk = chunk.module
         for st in _sharded_tensors(chunk.sharded_state_dict()):
             if st.key not in meta:
                 raise MegasynthError(f"{field}: {ckpt} has no tensor {st.key} ({what}; tied embeddings: "
