@@ -34,17 +34,41 @@ def build_tiny_hf_tokenizer(texts: list[str], vocab_size: int = 400):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-def build_tiny_llama_dir(out_dir, tokenizer, seed: int = 0):
-    """Save a random 2-layer ``LlamaForCausalLM`` (hidden 64, 2 heads of 32) and ``tokenizer`` to ``out_dir``."""
+LLAMA3_ROPE_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192}
+"""Llama-3.1-8B's ``rope_scaling`` (Llama-3.2 uses factor 32)."""
+
+_SHARP = {"initializer_range": 0.2}
+"""Weights 10x HF's default std: attention is far from uniform, so a wrong RoPE, head grouping or
+weight layout changes the logits by much more than the comparison tolerances."""
+
+TINY_LLAMA_VARIANTS = {
+    "untied": dict(_SHARP),
+    "tied": {**_SHARP, "tie_word_embeddings": True},
+    "gqa": {**_SHARP, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 320},
+    "rope_scaled": {**_SHARP, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                    "rope_theta": 500000.0, "rope_scaling": LLAMA3_ROPE_SCALING, "max_position_embeddings": 131072},
+}
+"""Config overrides of :func:`build_tiny_llama_dir`: tied embeddings, grouped-query attention (4 heads,
+2 KV groups; 320 embedding rows, which megatron pads to 384 at TP=1 and 512 at TP=2), and Llama-3.1 RoPE
+scaling."""
+
+
+def build_tiny_llama_dir(out_dir, tokenizer, seed: int = 0, **config_overrides):
+    """Save a random 2-layer ``LlamaForCausalLM`` (hidden 64, 2 heads of 32) and ``tokenizer`` to ``out_dir``.
+
+    ``config_overrides`` replace ``LlamaConfig`` fields (see :data:`TINY_LLAMA_VARIANTS`).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+    fields = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    fields.update(config_overrides)
+    LlamaForCausalLM(LlamaConfig(**fields)).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 

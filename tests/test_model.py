@@ -117,13 +117,14 @@ def test_transformer_config_precision():
 
 def test_published_parameter_counts():
     """Hand-computed / published counts: Llama-3.1-8B has 8,030,261,248 parameters (untied embeddings);
-    Llama-3.2-1B and -3B publish 1,235,814,400 and 3,212,749,824 with tied embeddings (+V·h untied here)."""
-    v = 128_256
+    Llama-3.2-1B and -3B publish 1,235,814,400 and 3,212,749,824 (tied embeddings, as the presets)."""
+    v = 128_256  # published vocabulary
+    assert get_preset("llama3-1b").vocab_size == get_preset("llama3-8b").vocab_size == v
     b8 = get_preset("llama3-8b")
     assert b8.non_embedding_params() == 6_979_588_096
     assert b8.total_params() == 8_030_261_248
-    assert get_preset("llama3-1b").total_params() == 1_235_814_400 + v * 2048
-    assert get_preset("llama3-3b").total_params() == 3_212_749_824 + v * 3072
+    assert get_preset("llama3-1b").total_params() == 1_235_814_400
+    assert get_preset("llama3-3b").total_params() == 3_212_749_824
     # llama3-100m by hand: 12 x (2·768² + 2·768·4·64 + 3·768·2048 + 2·768) + 768
     assert get_preset("llama3-100m").non_embedding_params() == 12 * (1_179_648 + 393_216 + 4_718_592 + 1_536) + 768
 

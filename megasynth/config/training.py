@@ -5,6 +5,7 @@ fields; a component receives its own section (``model/builder.py`` the parallel 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 from megasynth.utils import MegasynthError
@@ -156,6 +157,13 @@ class TrainConfig:
     """DataLoader workers."""
     peak_tflops: Optional[float] = None
     """Peak dense TFLOP/s per device for MFU; ``None`` looks the GPU up (H100/H200/A100), no MFU on CPU."""
+    init_from: Optional[str] = None
+    """Continued pre-training: a megatron checkpoint (a root with ``latest_checkpointed_iteration.txt`` or an
+    ``iter_NNNNNNN`` directory, e.g. from ``tools/convert_checkpoint.py import``) whose model weights start
+    the run, at any TP/PP. Only the weights are read: the optimizer state is fresh and the LR schedule
+    (``optimizer.lr``, ``optimizer.lr_warmup_iters``, decay) starts at step 0. Its architecture and tensor
+    shapes must match ``model.preset`` and its vocabulary the tokenizer. ``None``: layout-independent random
+    init."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -172,6 +180,8 @@ class TrainConfig:
             raise MegasynthError(f"{where}.num_workers: must be >= 0")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise MegasynthError(f"{where}.peak_tflops: must be > 0")
+        if self.init_from is not None and not Path(self.init_from).is_dir():
+            raise MegasynthError(f"{where}.init_from: checkpoint directory not found: {self.init_from}")
         self.optimizer.validate(f"{where}.optimizer")
         self.parallel.validate(f"{where}.parallel")
         self.checkpoint.validate(f"{where}.checkpoint")

@@ -83,7 +83,9 @@ def build_gpt_datasets(blend: tuple[list[str], list[float]] | None, data_path: s
             weight, ``seq_length``/``num_samples`` <= 0, a prefix with too few tokens for one sample.
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+
+    from megasynth.data.qa import LossMaskedGPTDataset  # GPTDataset + QA prefixes' answer-only loss masks
 
     if seq_length <= 0:
         raise MegasynthError(f"train.seq_length: must be > 0, got {seq_length}")
@@ -112,7 +114,7 @@ def build_gpt_datasets(blend: tuple[list[str], list[float]] | None, data_path: s
     mlog.setLevel(max(level, logging.WARNING))  # megatron logs every index build at INFO
     try:
         with _process_group():
-            train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: True,
+            train, _, _ = BlendedMegatronDatasetBuilder(LossMaskedGPTDataset, [num_samples, 0, 0], lambda: True,
                                                         config).build()
     finally:
         mlog.setLevel(level)

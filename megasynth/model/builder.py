@@ -3,7 +3,8 @@
 The Llama-3 recipe on megatron-core (see Megatron-LM ``examples/llama`` and the Llama-3 paper,
 Grattafiori et al. 2024, Table 3): RMSNorm (eps 1e-5), SwiGLU MLP (``gated_linear_unit=True``, SiLU),
 rotary position embeddings with base 500,000, grouped-query attention (``num_query_groups``), no
-linear biases, untied input/output embeddings, and a vocabulary padded to a multiple of 128
+linear biases, input/output embeddings untied or tied as the preset says (Llama-3.2-1B/3B tie them),
+Llama-3.1/3.2 RoPE scaling where the preset has it, and a vocabulary padded to a multiple of 128
 (Megatron's ``make_vocab_size_divisible_by``).
 
 Layer specs: ``transformer_impl == "local"`` uses megatron-core's pure-PyTorch
@@ -213,19 +214,24 @@ def build_model(model_cfg: "ModelConfig", vocab_size: int, seq_length: int, shap
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vpp is None, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=vpp is None, vp_stage=vp_stage)
     kwargs = {"vp_stage": vp_stage} if vp_stage is not None else {}
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=layer_spec(model_cfg),
-        vocab_size=padded_vocab_size(vocab_size, config.tensor_model_parallel_size),
-        max_sequence_length=seq_length,
-        pre_process=pre,
-        post_process=post,
-        parallel_output=True,
-        share_embeddings_and_output_weights=False,
-        position_embedding_type="rope",
-        rotary_base=shape.rotary_base,
-        **kwargs,
-    )
+    # cpu_device_mode: with tied embeddings and PP > 1, GPTModel copies the embedding to the last stage
+    # through `weight.data.cuda()` + all-reduce (a no-op context on GPU).
+    with cpu_compat.cpu_device_mode():
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=layer_spec(model_cfg),
+            vocab_size=padded_vocab_size(vocab_size, config.tensor_model_parallel_size),
+            max_sequence_length=seq_length,
+            pre_process=pre,
+            post_process=post,
+            parallel_output=True,
+            share_embeddings_and_output_weights=shape.tie_word_embeddings,
+            position_embedding_type="rope",
+            rotary_base=shape.rotary_base,
+            rope_scaling=shape.rope_scaling_factor is not None,  # Llama-3.1/3.2 frequency scaling
+            rope_scaling_factor=shape.rope_scaling_factor or 8.0,
+            **kwargs,
+        )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model

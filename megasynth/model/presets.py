@@ -1,11 +1,14 @@
 """Llama-3-architecture presets: a table of named shapes (torch-free).
 
 All presets share the Llama-3 recipe: RMSNorm (eps 1e-5), SwiGLU MLP, RoPE with base 500,000,
-grouped-query attention, no linear biases, untied input/output embeddings. ``llama3-1b``,
-``llama3-3b`` and ``llama3-8b`` follow the published Llama-3.2-1B, Llama-3.2-3B and Llama-3.1-8B shapes
-(layers, hidden, FFN, heads, KV groups, RoPE base, vocab 128,256) except that embeddings are untied
-here; ``llama3-100m``/``llama3-300m`` are scaled-down members of the family used by the study; the
-``llama3-tiny``/``llama3-micro`` presets are CPU-sized for the quickstart and tests.
+grouped-query attention, no linear biases. ``llama3-1b``, ``llama3-3b`` and ``llama3-8b`` are the
+published Llama-3.2-1B, Llama-3.2-3B and Llama-3.1-8B configurations (``LlamaShape.hf_model``; layers,
+hidden, FFN, heads, KV groups, RoPE base and Llama-3.1/3.2 RoPE scaling factor, tied embeddings for
+3.2-1B/3B, untied for 3.1-8B, 131,072 positions, vocab 128,256), so a checkpoint imported from those
+HF models (:mod:`megasynth.model.convert`) trains under the preset's name; ``llama3-100m``/``llama3-300m``
+are scaled-down, untied members of the family used by the study; the ``llama3-tiny``/``llama3-micro``
+presets are CPU-sized for the quickstart and tests. Any other Llama shape comes from its HF
+``config.json`` (:func:`megasynth.model.hf_compat.shape_from_hf_config`).
 
 The vocabulary is a property of the tokenizer, not of the preset: the model pads the tokenizer's
 vocabulary to a multiple of 128 (Megatron's ``make_vocab_size_divisible_by``), and the counts below
@@ -15,6 +18,12 @@ take ``vocab_size`` as an argument.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+LLAMA3_ROPE_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+"""The Llama-3.1/3.2 RoPE scaling parameters besides ``factor``: the values of every published Llama-3.1/3.2
+``config.json`` and the only ones megatron-core 0.16.1 implements (``RotaryEmbedding._apply_scaling``
+defaults; ``GPTModel`` exposes only ``rope_scaling_factor``)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,15 @@ class LlamaShape:
     """Published vocabulary (Llama-3 tokenizer); the trained model uses its tokenizer's."""
     max_position_embeddings: int = 8192
     norm_epsilon: float = 1e-5
+    tie_word_embeddings: bool = False
+    """Output layer shares the input embedding matrix (megatron's ``share_embeddings_and_output_weights``)."""
+    rope_scaling_factor: Optional[float] = None
+    """Llama-3.1/3.2 RoPE frequency scaling (HF ``rope_scaling.rope_type: llama3``) with this ``factor``;
+    ``None``: plain RoPE. The other parameters are fixed at :data:`LLAMA3_ROPE_SCALING` (megatron-core
+    0.16 implements only those)."""
+    hf_model: Optional[str] = None
+    """The published Hugging Face model this shape is (``meta-llama/Llama-3.2-1B`` …); ``None`` for the
+    study's own sizes."""
 
     @property
     def kv_channels(self) -> int:
@@ -47,9 +65,9 @@ class LlamaShape:
         return self.num_layers * per_layer + h
 
     def total_params(self, vocab_size: int | None = None) -> int:
-        """Non-embedding parameters plus untied input and output embeddings ``2·V·h``."""
+        """Non-embedding parameters plus the input and output embeddings: ``2·V·h`` untied, ``V·h`` tied."""
         v = self.vocab_size if vocab_size is None else vocab_size
-        return self.non_embedding_params() + 2 * v * self.hidden_size
+        return self.non_embedding_params() + (1 if self.tie_word_embeddings else 2) * v * self.hidden_size
 
     def train_flops_per_token(self, seq_length: int, vocab_size: int | None = None) -> float:
         """Training FLOPs per token: ``6·N + 6·n_layer·n_ctx·d_attn`` (forward + backward).
@@ -74,14 +92,28 @@ PRESETS: dict[str, LlamaShape] = {
                               num_query_groups=4),
     "llama3-300m": LlamaShape(num_layers=24, hidden_size=1024, ffn_hidden_size=2816, num_attention_heads=16,
                               num_query_groups=8),
-    # Published shapes: Llama-3.2-1B, Llama-3.2-3B, Llama-3.1-8B.
+    # Published configurations: Llama-3.2-1B, Llama-3.2-3B, Llama-3.1-8B (their config.json files).
     "llama3-1b": LlamaShape(num_layers=16, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=32,
-                            num_query_groups=8),
+                            num_query_groups=8, max_position_embeddings=131_072, tie_word_embeddings=True,
+                            rope_scaling_factor=32.0, hf_model="meta-llama/Llama-3.2-1B"),
     "llama3-3b": LlamaShape(num_layers=28, hidden_size=3072, ffn_hidden_size=8192, num_attention_heads=24,
-                            num_query_groups=8),
+                            num_query_groups=8, max_position_embeddings=131_072, tie_word_embeddings=True,
+                            rope_scaling_factor=32.0, hf_model="meta-llama/Llama-3.2-3B"),
     "llama3-8b": LlamaShape(num_layers=32, hidden_size=4096, ffn_hidden_size=14336, num_attention_heads=32,
-                            num_query_groups=8),
+                            num_query_groups=8, max_position_embeddings=131_072, tie_word_embeddings=False,
+                            rope_scaling_factor=8.0, hf_model="meta-llama/Llama-3.1-8B"),
 }
+
+
+def preset_of(shape: LlamaShape) -> Optional[str]:
+    """The name of the preset whose architecture equals ``shape`` (``hf_model`` and ``vocab_size`` aside), or None."""
+    from dataclasses import replace
+
+    key = replace(shape, hf_model=None, vocab_size=0)
+    for name, s in PRESETS.items():
+        if replace(s, hf_model=None, vocab_size=0) == key:
+            return name
+    return None
 
 
 def get_preset(name: str) -> LlamaShape:

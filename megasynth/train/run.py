@@ -63,7 +63,7 @@ def _resume_key(run: RunConfig, vocab_size: int) -> dict:
             **{f"train.{k}": getattr(t, k) for k in ("seq_length", "global_batch_size", "train_iters")},
             **{f"train.optimizer.{k}": getattr(o, k) for k in ("lr", "min_lr", "lr_warmup_iters", "lr_decay_style",
                                                                 "weight_decay")},
-            "train.seed": t.seed}
+            "train.seed": t.seed, "train.init_from": t.init_from}
 
 
 class _Run:
@@ -290,6 +290,11 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     tokenizer = load_tokenizer(run.tokenizer, layout)
     state = _Run(run, layout, tokenizer, mixture["_blend"])
     first = state.load(ckpt_root) if resume else 0
+    if not resume and t.init_from:  # continued pre-training: weights only, fresh optimizer and LR schedule
+        from megasynth.model.convert import load_pretrained
+
+        load_pretrained(state.model, t.init_from, state.shape, tokenizer.vocab_size, state.optimizer,
+                        preset=run.model.preset)
     if resume:
         logger.info("%s: resuming from step %d (%s)", name, first, ckpt_root)
     logger.info("%s: %s, %d params (%d non-embedding), %d steps x %d tokens, %d micro batches/step, "

@@ -1,0 +1,160 @@
+"""Question–answer training data (megasynth.data.qa): answer-only loss masks on packed megatron-core samples,
+EOD between records, plain and chat prompt formats, blending with natural text, bad records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PROSE, build_tiny_hf_tokenizer
+from megasynth.utils import MegasynthError
+
+SEQ = 48
+
+QA = [
+    {"question": "What does the river carry to the sea?", "answer": "Fresh soil from the northern hills."},
+    {"question": "When was the stone bridge finished?", "answer": "It was finished in the year 1402."},
+    {"question": "What paid for the town's first school?", "answer": "The tolls on wool and salt."},
+    {"question": "How long did the journey to the coast take?", "answer": "Only three hours by railway."},
+    {"question": "Which fruits does the valley send to market?", "answer": "Apples and pears, across the country."},
+]
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    from megasynth.data.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(PROSE * 4, 400, tmp_path_factory.mktemp("tok"))
+
+
+def _write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _runs(mask: torch.Tensor):
+    """Maximal runs ``(start, end, value)`` of a 0/1 vector."""
+    out, start = [], 0
+    for i in range(1, len(mask) + 1):
+        if i == len(mask) or mask[i] != mask[start]:
+            out.append((start, i, int(mask[start])))
+            start = i
+    return out
+
+
+def _samples(prefix, tok, tmp_path, n=None):
+    from megasynth.data.datasets import build_gpt_datasets
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    low = IndexedDataset(str(prefix))  # keep it alive while its memory map is read
+    total = int(low.sequence_lengths.sum())
+    n = n or total // SEQ  # one epoch
+    ds = build_gpt_datasets(None, str(prefix), tok, SEQ, n, 1, tmp_path / "cache")
+    return [ds[i] for i in range(n)]
+
+
+def test_plain_mask_covers_exactly_the_answers(bpe, tmp_path):
+    from megasynth.data.qa import loss_mask_prefix, preprocess_qa_jsonl
+
+    src = _write_jsonl(tmp_path / "qa.jsonl", QA * 3)
+    stats = preprocess_qa_jsonl([src], tmp_path / "qa_text_document", bpe)
+    assert stats["documents"] == 15 and stats["prompt_format"] == "plain"
+    assert Path(f"{loss_mask_prefix(tmp_path / 'qa_text_document')}.idx").is_file()
+    eod = "<|end_of_text|>"
+    answers = {f" {r['answer']}{eod}" for r in QA}
+    prompts = {f"Question: {r['question']}\nAnswer:" for r in QA}
+    full_answers = full_prompts = 0
+    for s in _samples(tmp_path / "qa_text_document", bpe, tmp_path):
+        labels, mask = s["labels"], s["loss_mask"]
+        for start, end, value in _runs(mask):
+            text = bpe.detokenize(labels[start:end].tolist())
+            whole = start > 0 and end < len(mask)  # not cut by the sample's edges
+            if value == 1:  # answer tokens and the EOD that closes the record
+                assert text.count(eod) <= 1 and (text.endswith(eod) or end == len(mask)), text
+                if whole:
+                    assert text in answers, text
+                    full_answers += 1
+                else:
+                    assert any(a.startswith(text) or a.endswith(text) for a in answers), text
+            else:  # prompt tokens: never an answer token, never EOD
+                assert eod not in text
+                if whole:
+                    assert text in prompts, text
+                    full_prompts += 1
+                else:
+                    assert any(p.startswith(text) or p.endswith(text) for p in prompts), text
+        # documents are separated by EOD: whatever follows an EOD starts a new question
+        tokens = s["tokens"].tolist()
+        for i, t in enumerate(tokens[:-1]):
+            if t == bpe.eod:
+                rest = bpe.detokenize(tokens[i + 1:])
+                assert rest.startswith("Question: ") or "Question: ".startswith(rest), rest
+    assert full_answers >= 3 and full_prompts >= 3
+
+
+def test_chat_template_format(tmp_path):
+    from megasynth.data.qa import preprocess_qa_jsonl
+    from megasynth.data.tokenizer import load_tokenizer_dir
+
+    hf = build_tiny_hf_tokenizer(PROSE * 4)
+    hf.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    hf.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+                        "{% if m['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
+                        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    hf.save_pretrained(tmp_path / "tok")
+    tok = load_tokenizer_dir(tmp_path / "tok")
+    src = _write_jsonl(tmp_path / "qa.jsonl", QA * 4)
+    stats = preprocess_qa_jsonl([src], tmp_path / "chat", tok, prompt_format="auto")
+    assert stats["prompt_format"] == "chat"
+    seen = 0
+    for s in _samples(tmp_path / "chat", tok, tmp_path):
+        for start, end, value in _runs(s["loss_mask"]):
+            if 0 < start and end < SEQ:
+                text = tok.detokenize(s["labels"][start:end].tolist())
+                if value == 1:
+                    assert text in {f"{r['answer']}</s></s>" for r in QA}, text  # template's </s> + EOD (= </s>)
+                    seen += 1
+                else:
+                    assert text in {f"<|user|>{r['question']}<|assistant|>" for r in QA}, text
+    assert seen >= 3
+    with pytest.raises(MegasynthError, match="prompt_format: chat needs a tokenizer with a chat template"):
+        from megasynth.data.tokenizer import train_bpe_tokenizer
+
+        preprocess_qa_jsonl([src], tmp_path / "x", train_bpe_tokenizer(PROSE, 300, tmp_path / "bpe"), "chat")
+
+
+def test_blend_with_natural_text(bpe, tmp_path):
+    """A 70/30 blend of natural text and QA: realised shares as requested; natural samples count every
+    token, QA samples only answers."""
+    from megasynth.data.datasets import build_gpt_datasets, realised_token_shares
+    from megasynth.data.preprocess import preprocess_jsonl
+    from megasynth.data.qa import preprocess_qa_jsonl
+
+    nat = _write_jsonl(tmp_path / "nat.jsonl", [{"text": t} for t in PROSE * 5])
+    preprocess_jsonl([nat], tmp_path / "nat_text_document", bpe)
+    preprocess_qa_jsonl([_write_jsonl(tmp_path / "qa.jsonl", QA * 4)], tmp_path / "qa_text_document", bpe)
+    blend = ([str(tmp_path / "nat_text_document"), str(tmp_path / "qa_text_document")], [0.7, 0.3])
+    n = 200
+    shares = realised_token_shares(blend, bpe, SEQ, n, 3, tmp_path / "cache")
+    assert shares[blend[0][0]] == pytest.approx(0.7, abs=0.01) and shares[blend[0][1]] == pytest.approx(0.3, abs=0.01)
+    ds = build_gpt_datasets(blend, None, bpe, SEQ, n, 3, tmp_path / "cache")
+    frac = {0: [], 1: []}
+    for i in range(n):
+        frac[int(ds.dataset_index[i])].append(float(ds[i]["loss_mask"].mean()))
+    assert min(frac[0]) == 1.0  # natural: every token
+    assert max(frac[1]) < 1.0 and 0.1 < sum(frac[1]) / len(frac[1]) < 0.7  # QA: answers only
+
+
+def test_record_without_answer_names_file_and_line(bpe, tmp_path):
+    from megasynth.data.qa import preprocess_qa_jsonl
+
+    src = _write_jsonl(tmp_path / "bad.jsonl", [QA[0], QA[1], {"question": "Where is the bridge?"}])
+    with pytest.raises(MegasynthError, match=r"bad\.jsonl:3: record has no answer \(key 'answer'"):
+        preprocess_qa_jsonl([src], tmp_path / "bad", bpe)
+    src = _write_jsonl(tmp_path / "empty.jsonl", [{"question": "Why?", "answer": "  "}])
+    with pytest.raises(MegasynthError, match=r"empty\.jsonl:1: record has no answer"):
+        preprocess_qa_jsonl([src], tmp_path / "empty", bpe)
+    assert not list(tmp_path.glob("bad*.bin")) and not list(tmp_path.glob(".bad*"))  # nothing half-written
