@@ -230,6 +230,10 @@ class TrainConfig:
     log_interval: int = 5
     save_interval: Optional[int] = None
     """Steps between checkpoints; ``None`` saves only the final one."""
+    keep_last_checkpoints: Optional[int] = None
+    """After each save, delete the ``iter_*`` checkpoints older than the newest this many (>= 1); ``None``
+    keeps all. The checkpoint ``latest_checkpointed_iteration.txt`` names and the newest readable one are
+    never deleted (``megasynth.train.checkpoint.prune_checkpoints``); each llama3-tiny checkpoint is 63 MB."""
     seed: int = 1234
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
@@ -415,6 +419,8 @@ class StudyConfig:
         if t.recompute_granularity == "full" and (t.recompute_method is None or not t.recompute_num_layers):
             raise MegasynthError("train.recompute_method: full recomputation needs recompute_method and "
                                  "recompute_num_layers")
+        if t.keep_last_checkpoints is not None and t.keep_last_checkpoints < 1:
+            raise MegasynthError("train.keep_last_checkpoints: must be >= 1 (or null to keep all)")
         if t.overlap_param_gather and not t.use_distributed_optimizer:
             raise MegasynthError("train.overlap_param_gather: needs use_distributed_optimizer: true")
         if t.peak_tflops is not None and t.peak_tflops <= 0:

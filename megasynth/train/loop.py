@@ -27,8 +27,10 @@ do not depend on the layout (:func:`megasynth.model.builder.layout_independent_i
 PP=2 runs follow the one-process loss curve up to float reduction order.
 
 Resume: a run whose marker exists is skipped; a run directory without it but with a checkpoint resumes
-from its latest checkpoint (any TP/PP layout; bitwise the same losses on CPU with an unchanged layout);
-one without a checkpoint is wiped and restarts from scratch.
+from its newest readable checkpoint (any TP/PP layout; bitwise the same losses on CPU with an unchanged
+layout; damaged newer ones are skipped with a WARNING and moved to ``.attempt-N/``); one that never
+recorded a checkpoint restarts from scratch with its old contents moved to ``.attempt-N/``; one whose
+recorded checkpoints are all unreadable stops with an error (:func:`megasynth.train.checkpoint.resume_or_restart`).
 
 Loss: mean token cross-entropy in nats over the tokens of the step (``loss_mask`` excludes padding).
 Megatron tensors are sequence-first internally; the model takes ``tokens [b, s]`` and returns per-token
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import signal
 import threading
 import time
@@ -426,7 +427,7 @@ class _Run:
         try:
             return save_checkpoint(self.model, root, step, self.optimizer, self.scheduler, common={
                 "consumed_samples": step * t.global_batch_size, "resume_key": _resume_key(self.cfg, self.vocab_size),
-                "layout": self.layout})
+                "layout": self.layout}, keep_last=t.keep_last_checkpoints)
         finally:
             self._resume_hooks()
 
@@ -436,15 +437,15 @@ class _Run:
         return {"tp": t.tensor_model_parallel_size, "pp": t.pipeline_model_parallel_size, "dp": self.dp_size,
                 "vpp": self.vpp}
 
-    def load(self, root: Path) -> int:
-        """Restore model, optimizer, scheduler, RNG (same layout) from the latest checkpoint; return its step.
+    def load(self, path: Path) -> int:
+        """Restore model, optimizer, scheduler, RNG (same layout) from checkpoint directory ``path``; return its step.
 
         Raises:
             MegasynthError: the checkpoint belongs to a run with different data/schedule/model settings.
         """
-        from megasynth.train.checkpoint import latest_checkpoint, load_checkpoint, read_common
+        from megasynth.train.checkpoint import load_checkpoint, read_common
 
-        path = latest_checkpoint(root)
+        root = path.parent
         common = read_common(path)
         want = _resume_key(self.cfg, self.vocab_size)
         saved = common.get("resume_key", {})
@@ -479,23 +480,14 @@ def _rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _resumable(ckpt_root: Path) -> bool:
-    """True when ``ckpt_root`` has a latest full (resumable) checkpoint."""
-    from megasynth.train.checkpoint import latest_checkpoint, read_common
-
-    try:
-        return "opt_param_scheduler" in read_common(latest_checkpoint(ckpt_root))
-    except (MegasynthError, OSError, RuntimeError, ValueError):
-        return False
-
-
 def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> dict:
     """Train (resume, or skip if complete) the run of mixture ``mixture_name``; return its summary.
 
     Writes ``runs/<mix>/{config.yaml, tb/, checkpoints/, metrics.jsonl, evals.jsonl, summary.json}`` and
-    marks ``summary.json`` done last. A run directory without the marker resumes from its latest full
-    checkpoint (rows of ``metrics.jsonl``/``evals.jsonl`` after it are dropped) or, without one, is
-    wiped first. Call on every rank under ``torchrun``.
+    marks ``summary.json`` done last. A run directory without the marker resumes from its newest readable
+    full checkpoint (rows of ``metrics.jsonl``/``evals.jsonl`` after it are dropped) or, if it never
+    recorded one, restarts with its old contents moved to ``.attempt-N/``; nothing is deleted
+    (:func:`megasynth.train.checkpoint.resume_or_restart`). Call on every rank under ``torchrun``.
 
     Returns:
         The ``summary.json`` record: ``mixture``, ``preset``, ``n_params``, ``n_params_non_embedding``,
@@ -507,12 +499,13 @@ def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> d
 
     Raises:
         MegasynthError: unknown mixture, missing mixture/tokenized files, bad parallel sizes, a checkpoint
-            of a run with different settings.
+            of a run with different settings, recorded checkpoints none of which is readable.
         TrainingInterrupted: SIGTERM/SIGUSR1 arrived; a checkpoint was saved and a rerun resumes from it.
     """
     import torch.distributed as dist
 
     from megasynth.data.tokenizer import load_tokenizer
+    from megasynth.train.checkpoint import resume_or_restart
     from megasynth.train.metrics import MetricsLogger, peak_tflops
 
     mixes = {mx.name: mx for mx in cfg.mixtures}
@@ -531,21 +524,13 @@ def train_one(cfg: "StudyConfig", layout: "StudyLayout", mixture_name: str) -> d
 
     builder.init_parallel(t.tensor_model_parallel_size, t.pipeline_model_parallel_size, seed=t.seed,
                           virtual_pipeline_model_parallel_size=getattr(t, "virtual_pipeline_model_parallel_size", None))
-    resume = _resumable(ckpt_root)
-    if dist.get_world_size() > 1:  # every rank must take the same branch
-        flag = torch.tensor([int(resume)], device="cuda" if torch.cuda.is_available() else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        resume = bool(flag.item())
-    if _rank0() and run_dir.exists() and not resume:
-        logger.info("%s: incomplete run directory without a checkpoint, restarting from scratch", mixture_name)
-        shutil.rmtree(run_dir)
-    if dist.is_initialized():
-        dist.barrier()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     tokenizer = load_tokenizer(cfg.tokenizer, layout)
     run = _Run(cfg, layout, mixture_name, tokenizer, mixture["_blend"], run_dir)
-    first = run.load(ckpt_root) if resume else 0
+    # Newest readable checkpoint (older ones if newer are damaged, never deleting any), or a fresh start
+    # with the old contents of run_dir moved to run_dir/.attempt-N/ (megasynth.train.checkpoint).
+    resumed = resume_or_restart(run_dir, run.load, mixture_name)
+    resume, first = resumed is not None, resumed or 0
+    run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         logger.info("%s: resuming from step %d (%s)", mixture_name, first, ckpt_root)
     logger.info("%s: %s, %d params (%d non-embedding), %d steps x %d tokens, %d micro batches/step, "
