@@ -233,7 +233,7 @@ class TrainConfig:
     keep_last_checkpoints: Optional[int] = None
     """After each save, delete the ``iter_*`` checkpoints older than the newest this many (>= 1); ``None``
     keeps all. The checkpoint ``latest_checkpointed_iteration.txt`` names and the newest readable one are
-    never deleted (``megasynth.train.checkpoint.prune_checkpoints``); each llama3-tiny checkpoint is 63 MB."""
+    never deleted (``megasynth.train.checkpoint.prune_checkpoints``)."""
     seed: int = 1234
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1

@@ -291,3 +291,21 @@ def test_keep_last_checkpoints(study, tmp_path):
     assert [p.name for p in prune_checkpoints(root, 1)] == ["iter_0000002"]
     with pytest.raises(MegasynthError, match="train.keep_last_checkpoints"):
         StudyConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "keep_last_checkpoints": 0}})
+
+
+def test_save_never_overwrites_a_recorded_checkpoint(study, tmp_path):
+    from megasynth.config import ModelConfig
+    from megasynth.model import builder
+    from megasynth.train.checkpoint import LATEST_FILE, save_checkpoint
+
+    model = builder.build_model(ModelConfig(preset="llama3-micro"), 500, 32)
+    root = tmp_path / "checkpoints"
+    save_checkpoint(model, root, 5)
+    before = _tree(root)
+    with pytest.raises(MegasynthError, match="iter_0000005: refusing to overwrite a recorded checkpoint"):
+        save_checkpoint(model, root, 5)
+    assert _tree(root) == before
+    (root / "iter_0000007").mkdir()  # an unfinished save (never recorded) is replaced
+    (root / "iter_0000007" / "partial").write_text("x")
+    save_checkpoint(model, root, 7)
+    assert not (root / "iter_0000007" / "partial").exists() and (root / LATEST_FILE).read_text() == "7\n"

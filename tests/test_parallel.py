@@ -1,7 +1,8 @@
 """Multi-process training on CPU: two processes with gloo under torchrun (megatron-core parallel_state,
 schedules, DDP, optimizer). DP=2 (plain and distributed optimizer, overlapped gradient reduce), TP=2,
-PP=2 and PP=2 x VPP=2 (interleaved 1F1B, llama3-tiny's 4 layers) follow the one-process loss curve; a checkpoint saved at
-TP=1 resumes at TP=2 and one saved at TP=2 resumes at TP=1, continuing the same curve.
+PP=2 and PP=2 x VPP=2 (interleaved 1F1B, llama3-tiny's 4 layers) follow the one-process loss curve; a checkpoint saved
+at TP=1 resumes at TP=2 (both ranks falling back from a corrupted newer checkpoint) and one saved at TP=2 resumes
+at TP=1, continuing the same curve.
 
 What is asserted (README.md "Training at cluster scale" says the same):
 
@@ -99,7 +100,11 @@ def runs(tmp_path_factory):
     tiny = StudyConfig.from_dict({**cfg.to_dict(), "model": {"preset": "llama3-tiny"}})
     train_one(tiny, layout, "base-tiny")  # 4 layers: the baseline of PP=2 x VPP=2
     shutil.copytree(layout.run_dir("base"), layout.run_dir("tp1to2"))
-    _truncate_to(layout.run_dir("tp1to2"), SAVE)
+    # Killed after the final checkpoint, whose shard bytes then got corrupted (same sizes, so it looks
+    # whole): both ranks fail to load it and agree to resume from the step-3 checkpoint instead.
+    (layout.run_dir("tp1to2") / "summary.json.done").unlink()
+    for shard in (layout.run_dir("tp1to2") / "checkpoints" / f"iter_{STEPS:07d}").glob("*.distcp"):
+        shard.write_bytes(b"\0" * shard.stat().st_size)
     builder.destroy_parallel()
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -114,6 +119,7 @@ def runs(tmp_path_factory):
            "train.virtual_pipeline_model_parallel_size=2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert f"tp1to2: resuming from iter_{SAVE:07d}; skipped iter_{STEPS:07d} (rank 0: failed to load (" in proc.stderr
 
     shutil.copytree(layout.run_dir("tp2"), layout.run_dir("tp2to1"))
     _truncate_to(layout.run_dir("tp2to1"), SAVE)

@@ -303,7 +303,7 @@ def check_checkpoint(path: str | Path) -> Optional[str]:
     shard): :func:`resume_or_restart` then falls back to an older one.
 
     Returns:
-        A one-line reason (e.g. ``"metadata.json missing"``, ``"__0_1.distcp is 0 bytes, the index
+        A one-line reason (e.g. ``"metadata.json missing"``, ``"shard __0_1.distcp is 0 bytes, the index
         needs 1029301"``) or None.
     """
     from megatron.core import dist_checkpointing
