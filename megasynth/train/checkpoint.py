@@ -17,15 +17,28 @@ A full checkpoint (Megatron-LM's ``generate_state_dict``) holds
 - common values written by rank 0: ``iteration``, ``consumed_samples`` and whatever the caller adds.
 
 :func:`save_checkpoint` with only a model writes just ``model`` (a weights checkpoint).
+
+Safety (nothing a run wrote is deleted unless ``keep_last`` asks for it):
+
+- :func:`resume_or_restart` picks the newest checkpoint that :func:`check_checkpoint` finds whole and that
+  then loads, falling back to older ones with a WARNING naming each one skipped and why; checkpoints it
+  skips are moved to ``<run>/.attempt-N/checkpoints/``. If checkpoints were recorded but none is
+  readable it stops with a one-line :class:`MegasynthError`; a run directory that never recorded one
+  restarts from step 0 with its old contents moved to ``<run>/.attempt-N/`` (:func:`move_aside`).
+- :func:`save_checkpoint` refuses to overwrite a recorded checkpoint; with ``keep_last`` it then deletes
+  the oldest ``iter_*`` directories beyond the newest ``keep_last`` (:func:`prune_checkpoints`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -35,6 +48,8 @@ from megasynth.utils import MegasynthError, atomic_path
 logger = logging.getLogger("megasynth.train")
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
+ATTEMPT_PREFIX = ".attempt-"
+_ITER = re.compile(r"iter_(\d{7,})")
 
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 """Distributed-optimizer state format: gathered per parameter on DP rank 0 at save, so it reloads at any
@@ -116,7 +131,7 @@ def _state_dict(chunks: list, optimizer, scheduler, rng: bool, is_loading: bool)
 
 
 def save_checkpoint(model, root: str | Path, step: int, optimizer=None, scheduler=None,
-                    common: Optional[dict] = None) -> Path:
+                    common: Optional[dict] = None, keep_last: Optional[int] = None) -> Path:
     """Save a sharded checkpoint to ``root/iter_NNNNNNN`` and then update the latest-step file.
 
     Args:
@@ -124,18 +139,28 @@ def save_checkpoint(model, root: str | Path, step: int, optimizer=None, schedule
         optimizer, scheduler: megatron optimizer and ``OptimizerParamScheduler`` (a full, resumable
             checkpoint, with RNG states); omit both for a weights-only checkpoint.
         common: extra picklable values saved once (rank 0), e.g. ``consumed_samples``.
+        keep_last: after the save, delete the oldest ``iter_*`` directories beyond the newest
+            ``keep_last`` (:func:`prune_checkpoints`); ``None`` keeps all.
 
-    A partially written directory from an earlier attempt is replaced. Must be called on all ranks.
+    A directory of an unfinished save (a step after the one in ``latest_checkpointed_iteration.txt``) is
+    replaced. Must be called on all ranks.
 
     Returns:
         The checkpoint directory.
+
+    Raises:
+        MegasynthError: ``root`` already records a checkpoint at ``step`` or later (never overwritten).
     """
     from megatron.core import dist_checkpointing
 
     from megasynth.model import cpu_compat
 
     path = checkpoint_dir(root, step)
-    if _rank0() and path.exists():
+    recorded = _recorded_step(root)
+    if path.exists() and recorded is not None and step <= recorded:
+        raise MegasynthError(f"{path}: refusing to overwrite a recorded checkpoint ({LATEST_FILE} is at step "
+                             f"{recorded})")
+    if _rank0() and path.exists():  # an unfinished save of an earlier attempt
         shutil.rmtree(path)
     _barrier()
     path.mkdir(parents=True, exist_ok=True)
@@ -152,6 +177,10 @@ def save_checkpoint(model, root: str | Path, step: int, optimizer=None, schedule
     _barrier()
     if _rank0():
         logger.info("saved checkpoint %s", path)
+        if keep_last is not None:
+            for old in prune_checkpoints(root, keep_last):
+                logger.info("deleted checkpoint %s (keep_last_checkpoints=%d)", old, keep_last)
+    _barrier()
     return path
 
 
@@ -231,3 +260,282 @@ def load_checkpoint(model, path: str | Path, optimizer=None, scheduler=None, loa
     if _rank0():
         logger.info("loaded checkpoint %s (iteration %s)", path, common.get("iteration"))
     return common
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing a checkpoint to resume from; never deleting one
+# --------------------------------------------------------------------------------------------------
+def checkpoint_steps(root: str | Path) -> list[int]:
+    """Steps of the ``iter_NNNNNNN`` directories in ``root``, newest first (``[]`` if ``root`` is missing)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    steps = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _ITER.fullmatch(p.name))]
+    return sorted(steps, reverse=True)
+
+
+def _recorded_step(root: str | Path) -> Optional[int]:
+    """The step in ``root/latest_checkpointed_iteration.txt``; None when the file is missing or not an integer."""
+    try:
+        return int((Path(root) / LATEST_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: message`` on one line; for torch's ``CheckpointException`` the first rank's own exception."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:200]}" if msg else type(e).__name__
+
+
+def check_checkpoint(path: str | Path) -> Optional[str]:
+    """Why the checkpoint directory ``path`` cannot be resumed from, or None when it looks whole.
+
+    Cheap (reads no tensor data): ``metadata.json`` is a dist_checkpointing config
+    (``maybe_load_config``); ``common.pt`` loads (``load_common_state_dict``) and holds a full checkpoint
+    (``opt_param_scheduler``) whose ``iteration`` is the directory's step; for the ``torch_dist`` backend,
+    torch DCP's ``.metadata`` loads and every file it names exists and is at least as long as the last
+    byte range it names there. A directory that passes can still fail to load (bytes corrupted inside a
+    shard): :func:`resume_or_restart` then falls back to an older one.
+
+    Returns:
+        A one-line reason (e.g. ``"metadata.json missing"``, ``"shard __0_1.distcp is 0 bytes, the index
+        needs 1029301"``) or None.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import maybe_load_config
+
+    path = Path(path)
+    if not path.is_dir():
+        return "not a directory"
+    if not (path / "metadata.json").is_file():
+        return "metadata.json missing"
+    try:
+        config = maybe_load_config(str(path))
+    except Exception as e:  # any parse error makes the directory unreadable
+        return f"metadata.json unreadable ({_one_line(e)})"
+    if not (path / "common.pt").is_file():
+        return "common.pt missing"
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(path))
+    except Exception as e:  # megatron raises CheckpointingException, torch.load others
+        return f"common.pt unreadable ({_one_line(e)})"
+    if not isinstance(common, dict) or "opt_param_scheduler" not in common:
+        return "weights-only checkpoint (no optimizer state in common.pt)"
+    m = _ITER.fullmatch(path.name)
+    if m and common.get("iteration") != int(m.group(1)):
+        return f"common.pt has iteration {common.get('iteration')!r}, not the directory's step {int(m.group(1))}"
+    if config.sharded_backend == "torch_dist":
+        from torch.distributed.checkpoint import FileSystemReader
+
+        try:
+            index = FileSystemReader(str(path)).read_metadata()
+        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as e:
+            return f".metadata (the shard index) unreadable ({_one_line(e)})"
+        need: dict[str, int] = {}
+        for info in index.storage_data.values():
+            need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+        for name, size in sorted(need.items()):
+            f = path / name
+            if not f.is_file():
+                return f"shard {name} missing"
+            if f.stat().st_size < size:
+                return f"shard {name} is {f.stat().st_size} bytes, the index needs {size}"
+    return None
+
+
+def find_resume_checkpoint(root: str | Path, below: Optional[int] = None) -> tuple[Optional[int], list]:
+    """The newest checkpoint of ``root`` that :func:`check_checkpoint` finds whole (this process only).
+
+    Directories after the step recorded in ``latest_checkpointed_iteration.txt`` are unfinished saves and
+    skipped; when that file is missing or unreadable every ``iter_*`` directory is a candidate.
+
+    Args:
+        root: a ``checkpoints`` directory.
+        below: only consider steps before this one (the next candidate after a failed load).
+
+    Returns:
+        ``(step, skipped)``: the step (None if none is whole) and ``[(path, reason), ...]`` for each newer
+        directory passed over, newest first.
+    """
+    root = Path(root)
+    recorded = _recorded_step(root)
+    skipped: list[tuple[Path, str]] = []
+    for step in checkpoint_steps(root):
+        if below is not None and step >= below:
+            continue
+        path = checkpoint_dir(root, step)
+        if recorded is not None and step > recorded:
+            skipped.append((path, f"newer than step {recorded} recorded in {LATEST_FILE} (its save did not finish)"))
+            continue
+        reason = check_checkpoint(path)
+        if reason is None:
+            return step, skipped
+        skipped.append((path, reason))
+    return None, skipped
+
+
+def move_aside(run_dir: str | Path, paths: Optional[list] = None) -> Optional[Path]:
+    """Move ``paths`` (default: every entry of ``run_dir`` but earlier ``.attempt-N`` folders) into a new
+    ``run_dir/.attempt-N/`` (N one more than the largest there), keeping their paths relative to
+    ``run_dir``. Renames only (nothing copied or deleted); call on one rank.
+
+    Returns:
+        The new ``.attempt-N`` folder, or None when there was nothing to move.
+    """
+    run_dir = Path(run_dir)
+    if paths is None:
+        entries = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
+        paths = [p for p in entries if not p.name.startswith(ATTEMPT_PREFIX)]
+    paths = [Path(p) for p in paths if Path(p).exists()]
+    if not paths:
+        return None
+    taken = [int(p.name[len(ATTEMPT_PREFIX):]) for p in run_dir.glob(ATTEMPT_PREFIX + "*")
+             if p.name[len(ATTEMPT_PREFIX):].isdigit()]
+    dest = run_dir / f"{ATTEMPT_PREFIX}{max(taken, default=0) + 1}"
+    for p in paths:
+        target = dest / p.relative_to(run_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(p, target)
+    return dest
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
+    """Delete the ``iter_*`` directories of ``root`` older than its newest ``keep`` ones (call on one rank).
+
+    Never deleted: the checkpoint ``latest_checkpointed_iteration.txt`` names, the newest one that
+    :func:`check_checkpoint` finds whole, and anything newer than that one; nothing at all when no
+    checkpoint is whole.
+
+    Returns:
+        The deleted directories.
+
+    Raises:
+        MegasynthError: ``keep`` < 1.
+    """
+    if keep < 1:
+        raise MegasynthError(f"train.keep_last_checkpoints: must be >= 1, got {keep}")
+    root = Path(root)
+    steps = checkpoint_steps(root)
+    if len(steps) <= keep:
+        return []
+    newest_whole, _ = find_resume_checkpoint(root)
+    if newest_whole is None:
+        logger.warning("%s: no whole checkpoint, none deleted", root)
+        return []
+    protect = {newest_whole, _recorded_step(root)}
+    deleted = []
+    for step in steps[keep:]:
+        if step < newest_whole and step not in protect:
+            path = checkpoint_dir(root, step)
+            shutil.rmtree(path)
+            deleted.append(path)
+    return deleted
+
+
+def _load_errors() -> tuple:
+    """Errors meaning "these checkpoint bytes cannot be loaded" (a fallback, not a bug or a settings mismatch)."""
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (CheckpointException, CheckpointingException, EOFError, OSError, RuntimeError, ValueError, KeyError,
+            AttributeError, pickle.UnpicklingError)
+
+
+def _broadcast(obj):
+    """``obj`` of rank 0 on every rank (a no-op without a process group)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _first_error(error: Optional[str]) -> Optional[str]:
+    """The first rank's error (None when every rank succeeded); collective."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return error
+    errors: list = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return next((f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None), None)
+
+
+def resume_or_restart(run_dir: str | Path, load: Callable[[Path], int], name: str = "") -> Optional[int]:
+    """Resume the run in ``run_dir`` from its newest readable checkpoint, or prepare it to restart.
+
+    Candidates come from :func:`find_resume_checkpoint` on rank 0 (broadcast, so all ranks agree); each is
+    passed to ``load`` on every rank until one loads everywhere (a load that raises one of the errors
+    of unreadable bytes — ``CheckpointException``, ``CheckpointingException``, ``EOFError``, ``OSError``,
+    ``RuntimeError``, … — on any rank moves every rank on to the next older candidate). Checkpoints
+    passed over are logged in one WARNING with their reasons and moved to ``run_dir/.attempt-N/checkpoints/``,
+    and ``latest_checkpointed_iteration.txt`` is set to the step resumed from. Collective.
+
+    Args:
+        run_dir: ``runs/<run>``; checkpoints are in ``run_dir/checkpoints``.
+        load: restores model, optimizer, scheduler, RNG from a checkpoint directory; returns its step.
+            A :class:`MegasynthError` it raises (e.g. settings changed) is not a reason to fall back.
+        name: the run's name for log lines.
+
+    Returns:
+        The step resumed from, or None when ``run_dir`` never recorded a checkpoint: then its old
+        contents (if any) are moved to ``run_dir/.attempt-N/`` and the caller starts from step 0.
+
+    Raises:
+        MegasynthError: checkpoints were recorded (or one looked whole) but none loads: one line naming
+            the checkpoints directory and each directory's reason; nothing is moved or deleted.
+    """
+    import torch.distributed as dist
+
+    run_dir = Path(run_dir)
+    root = run_dir / "checkpoints"
+    skipped: list[tuple[Path, str]] = []
+    below, tried = None, False
+    while True:
+        step, more = _broadcast(find_resume_checkpoint(root, below) if _rank0() else None)
+        skipped += more
+        if step is None:
+            break
+        tried, path = True, checkpoint_dir(root, step)
+        error = None
+        try:
+            got = load(path)
+        except MegasynthError:
+            raise
+        except _load_errors() as e:
+            error = f"failed to load ({_one_line(e)})"
+        error = _first_error(error)
+        if error is None:
+            break
+        skipped.append((path, error))
+        below = step
+    recorded = _broadcast((root / LATEST_FILE).exists() if _rank0() else None)
+    label = f"{name}: " if name else ""
+    if step is None and (recorded or tried):
+        why = "; ".join(f"{p.name}: {r}" for p, r in skipped) or "no iter_* directory"
+        raise MegasynthError(f"{root}: no readable checkpoint ({why}); nothing was deleted: repair one, or move "
+                             f"{run_dir} away to restart the run")
+    if _rank0():
+        if step is None:
+            dest = move_aside(run_dir)
+            if dest is not None:
+                logger.warning("%sno checkpoint was recorded in %s; its previous contents were moved to %s and the "
+                               "run restarts from step 0", label, run_dir, dest)
+        else:
+            if skipped:
+                dest = move_aside(run_dir, [p for p, _ in skipped])
+                logger.warning("%sresuming from %s; skipped %s; moved to %s", label, checkpoint_dir(root, step).name,
+                               "; ".join(f"{p.name} ({r})" for p, r in skipped), dest)
+            if _recorded_step(root) != step:
+                with atomic_path(root / LATEST_FILE) as tmp:
+                    tmp.write_text(f"{step}\n")
+    if dist.is_initialized():
+        dist.barrier()
+    return None if step is None else got

@@ -27,15 +27,16 @@ that changes the loss curve (:meth:`RunConfig.identity`) is refused with the fie
 the parallel layout, checkpoint interval and logging may change between attempts.
 
 Resume: a run whose marker exists is skipped; a run directory without it but with a checkpoint resumes
-from its latest checkpoint (any TP/PP layout; bitwise the same losses on CPU with an unchanged layout);
-one without a checkpoint is wiped and restarts from scratch.
+from its newest readable checkpoint (any TP/PP layout; bitwise the same losses on CPU with an unchanged
+layout; damaged newer ones are skipped with a WARNING and moved to ``.attempt-N/``); one that never
+recorded a checkpoint restarts from scratch with its old contents moved to ``.attempt-N/``; one whose
+recorded checkpoints are all unreadable stops with an error (:func:`megasynth.train.checkpoint.resume_or_restart`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -168,7 +169,8 @@ class _Run:
         try:
             return save_checkpoint(self.model, root, step, self.optimizer, self.scheduler, common={
                 "consumed_samples": step * self.run.train.global_batch_size,
-                "resume_key": _resume_key(self.run, self.vocab_size), "layout": self.layout})
+                "resume_key": _resume_key(self.run, self.vocab_size), "layout": self.layout},
+                keep_last=self.run.train.checkpoint.keep_last_checkpoints)
         finally:
             self._resume_hooks()
 
@@ -178,23 +180,22 @@ class _Run:
         return {"tp": p.tensor_model_parallel_size, "pp": p.pipeline_model_parallel_size, "dp": self.dp_size,
                 "vpp": self.vpp}
 
-    def load(self, root: Path) -> int:
-        """Restore model, optimizer, scheduler, RNG (same layout) from the latest checkpoint; return its step.
+    def load(self, path: Path) -> int:
+        """Restore model, optimizer, scheduler, RNG (same layout) from checkpoint directory ``path``; return its step.
 
         Raises:
             MegasynthError: the checkpoint belongs to a run with different data/schedule/model settings.
         """
-        from megasynth.train.checkpoint import latest_checkpoint, load_checkpoint, read_common
+        from megasynth.train.checkpoint import load_checkpoint, read_common
 
-        path = latest_checkpoint(root)
         common = read_common(path)
         want = _resume_key(self.run, self.vocab_size)
         saved = common.get("resume_key", {})
         diff = [k for k in want if saved.get(k) != want[k]]
         if diff:
             k = diff[0]
-            raise MegasynthError(f"{path}: saved with {k}={saved.get(k)!r}, now {want[k]!r}; delete "
-                                 f"{root.parent} to restart this run")
+            raise MegasynthError(f"{path}: saved with {k}={saved.get(k)!r}, now {want[k]!r}; move "
+                                 f"{path.parent.parent} away to restart this run")
         old = common.get("layout", {})
         same = (old.get("tp"), old.get("pp")) == (self.layout["tp"], self.layout["pp"])
         common = load_checkpoint(self.model, path, self.optimizer, self.scheduler, load_rng=same)
@@ -221,16 +222,6 @@ def _rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _resumable(ckpt_root: Path) -> bool:
-    """True when ``ckpt_root`` has a latest full (resumable) checkpoint."""
-    from megasynth.train.checkpoint import latest_checkpoint, read_common
-
-    try:
-        return "opt_param_scheduler" in read_common(latest_checkpoint(ckpt_root))
-    except (MegasynthError, OSError, RuntimeError, ValueError):
-        return False
-
-
 def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     """Train (resume, or skip if complete) ``run``; return its summary.
 
@@ -249,13 +240,15 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
 
     Raises:
         MegasynthError: a changed setting of an existing run (:func:`check_run_dir`), missing
-            mixture/tokenized files, bad parallel sizes, a checkpoint of a run with different settings.
+            mixture/tokenized files, bad parallel sizes, a checkpoint of a run with different settings,
+            recorded checkpoints none of which is readable.
         TrainingInterrupted: SIGTERM/SIGUSR1 arrived; a checkpoint was saved and a rerun resumes from it.
     """
     import torch.distributed as dist
 
     from megasynth.data.mixtures import read_mixture
     from megasynth.data.tokenizer import load_tokenizer
+    from megasynth.train.checkpoint import resume_or_restart
     from megasynth.train.metrics import MetricsLogger, peak_tflops
 
     name = run.run_id
@@ -272,24 +265,18 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     p = t.parallel
     builder.init_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=t.seed,
                           virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size)
-    resume = _resumable(ckpt_root)
-    if dist.get_world_size() > 1:  # every rank must take the same branch
-        flag = torch.tensor([int(resume)], device="cuda" if torch.cuda.is_available() else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        resume = bool(flag.item())
-    if _rank0() and files.dir.exists() and not resume:
-        logger.info("%s: incomplete run directory without a checkpoint, restarting from scratch", name)
-        shutil.rmtree(files.dir)
-    if dist.is_initialized():
-        dist.barrier()
+    tokenizer = load_tokenizer(run.tokenizer, layout)
+    state = _Run(run, layout, tokenizer, mixture["_blend"])
+    # Newest readable checkpoint (older ones if newer are damaged, never deleting any), or a fresh start
+    # with the old contents of the run directory moved to .attempt-N/ (megasynth.train.checkpoint).
+    resumed = resume_or_restart(files.dir, state.load, name)
+    resume, first = resumed is not None, resumed or 0
     files.dir.mkdir(parents=True, exist_ok=True)
     if _rank0():
         with atomic_path(files.config) as tmp:
             tmp.write_text(run.to_yaml())
-
-    tokenizer = load_tokenizer(run.tokenizer, layout)
-    state = _Run(run, layout, tokenizer, mixture["_blend"])
-    first = state.load(ckpt_root) if resume else 0
+    if dist.is_initialized():
+        dist.barrier()
     if not resume and t.init_from:  # continued pre-training: weights only, fresh optimizer and LR schedule
         from megasynth.model.convert import load_pretrained
 
