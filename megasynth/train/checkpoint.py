@@ -418,7 +418,7 @@ def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
         MegasynthError: ``keep`` < 1.
     """
     if keep < 1:
-        raise MegasynthError(f"train.keep_last_checkpoints: must be >= 1, got {keep}")
+        raise MegasynthError(f"train.checkpoint.keep_last_checkpoints: must be >= 1, got {keep}")
     root = Path(root)
     steps = checkpoint_steps(root)
     if len(steps) <= keep:
