@@ -74,8 +74,9 @@ def test_decontaminate_removes_overlapping_documents_and_counts(tmp_path, evals)
     assert a["documents_checked"] == b["documents_checked"] == 6
     assert (a["documents_removed"], b["documents_removed"]) == (2, 1)
     assert a["ngrams_matched"] == 3 and b["ngrams_matched"] == 2  # documents 0 and 5 hold 14 words of one
-    assert "after a long debate it voted to restore the east wing before the winter" in a["examples"]
-    assert "mountain goats climb the steep cliffs without any fear" in a["examples"]
+    assert a["examples"] == ["after a long debate it voted to restore the east wing before the",
+                             "a long debate it voted to restore the east wing before the winter",
+                             "mountain goats climb the steep cliffs without any fear"]
     assert b["examples"] == ["the ice had broken up three weeks earlier than in any year anyone",
                              "ice had broken up three weeks earlier than in any year anyone could"]
     # kept lines are byte-for-byte the source lines
