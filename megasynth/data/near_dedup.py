@@ -90,7 +90,7 @@ class NearDedupSettings:
             raise MegasynthError(f"{where}.ngram_size: must be >= 1, got {self.ngram_size}")
         if self.num_perm < 4:
             raise MegasynthError(f"{where}.num_perm: must be >= 4, got {self.num_perm}")
-        if self.bands is not None and not 2 <= self.bands <= self.num_perm // 1:
+        if self.bands is not None and not 2 <= self.bands <= self.num_perm:
             raise MegasynthError(f"{where}.bands: must be in [2, num_perm], got {self.bands}")
 
 
