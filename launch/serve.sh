@@ -68,9 +68,9 @@ for (( i = 0; i < replicas; i++ )); do
   p=$(( port + i ))
   if (( gpus > 0 )); then
     devs=$(seq -s, $(( i * tp )) $(( i * tp + tp - 1 )))
-    CUDA_VISIBLE_DEVICES=$devs "${server[@]}" "${args[@]}" --port "$p" "$@" >"$LOG_DIR/serve-$p.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=$devs "${server[@]}" "${args[@]}" --port "$p" "$@" >>"$LOG_DIR/serve-$p.log" 2>&1 &
   else
-    "${server[@]}" "${args[@]}" --port "$p" "$@" >"$LOG_DIR/serve-$p.log" 2>&1 &
+    "${server[@]}" "${args[@]}" --port "$p" "$@" >>"$LOG_DIR/serve-$p.log" 2>&1 &
   fi
   pids+=($!)
   echo "launch/serve.sh: server $i on port $p (log $LOG_DIR/serve-$p.log)"
