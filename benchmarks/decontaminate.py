@@ -71,7 +71,8 @@ def main() -> None:
             rows.append((w, r, _cpu_s() - c0))
         print(f"\nload average before/after: {load0} / {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
               f"({os.cpu_count()} cores; CPU s = user+sys of this process and its workers)")
-        print("| workers | documents | MB | wall s | CPU s | documents/s | MB/s | MB per CPU s | removed | wiki | lambada |")
+        print("| workers | documents | MB | wall s | CPU s | documents/s | MB/s | MB per CPU s | removed | wiki "
+              "| lambada |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for w, r, cpu in rows:
             print(f"| {w} | {r['documents_checked']} | {r['bytes'] / 1e6:.1f} | {r['wall_s']:.2f} | {cpu:.2f} | "
