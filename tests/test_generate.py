@@ -127,8 +127,10 @@ def test_sample_excerpts_seeded(tmp_path, tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ vLLM end to end
-RECORD_KEYS = {"id", "text", "source", "source_id", "style", "generator", "prompt_version", "prompt_format",
+RECORD_KEYS = {"id", "text", "source", "source_id", "style", "generator", "prompt_version", "prompt", "prompt_format",
                "sampling", "prompt_tokens", "output_tokens", "finish_reason"}
+QA_PROMPT = {"family": "nemotron_cc", "variant": "diverse_qa", "version": "nemotron_cc-diverse_qa-v1",
+             "audience": None, "topic": None}
 
 
 def _study(tmp_path, model_dir) -> tuple[StudyConfig, StudyLayout]:
@@ -138,6 +140,7 @@ def _study(tmp_path, model_dir) -> tuple[StudyConfig, StudyLayout]:
         "generation": {"styles": ["hq", "qa"], "num_documents": 5, "max_input_tokens": 32,
                        "model": str(model_dir), "model_name": "tiny-llama", "max_model_len": 512,
                        "max_num_seqs": 8, "shard_size": 2, "min_output_words": 1, "keep_truncated": True,
+                       "prompts": {"qa": {"family": "nemotron_cc", "variant": "diverse_qa"}},
                        "max_repeated_ngram_frac": 1.0,
                        "sampling": {"max_tokens": 12, "temperature": 1.0, "seed": 3}},
     })
@@ -174,7 +177,10 @@ def test_run_generate_real_vllm_shards_manifest_and_resume(tmp_path, tiny_model_
         assert len(recs) == 5 and all(set(r) == RECORD_KEYS for r in recs)
         r = recs[0]
         assert r["style"] == r["source"] == style and r["generator"] == "tiny-llama"
-        assert r["prompt_version"] == PROMPT_VERSION[style] and r["prompt_format"] == "base"
+        version = PROMPT_VERSION[style] if style == "hq" else QA_PROMPT["version"]
+        assert r["prompt_version"] == version and r["prompt_format"] == "base"
+        assert r["prompt"] == (QA_PROMPT if style == "qa" else {"family": "default", "variant": "hq",
+                                                                 "version": "hq-v1", "audience": None, "topic": None})
         assert r["id"].startswith(f"{style}-{r['source_id']}-") and 0 < r["output_tokens"] <= 12
         assert r["prompt_tokens"] > 0 and r["finish_reason"] in ("stop", "length")
         assert all(x["sampling"]["seed"] == 3 and x["sampling"]["max_tokens"] == 12 for x in recs)
@@ -182,7 +188,8 @@ def test_run_generate_real_vllm_shards_manifest_and_resume(tmp_path, tiny_model_
         assert seeds == ([3, 4, 5, 6, 7] if engine.per_request_seed else [None] * 5)
         m = json.loads((d / "manifest.json").read_text())
         assert is_done(d / "manifest.json")
-        assert m["generator"]["name"] == "tiny-llama" and m["prompt_version"] == PROMPT_VERSION[style]
+        assert m["generator"]["name"] == "tiny-llama" and m["prompt_version"] == version
+        assert m["prompt"] == r["prompt"]
         assert m["counts"]["requests"] == 5 and m["counts"]["kept"] == 5
         assert set(m["counts"]["filtered"]) == {"empty", "truncated", "degenerate"}
         assert m["output_tokens"] == sum(x["output_tokens"] for x in recs)

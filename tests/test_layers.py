@@ -58,11 +58,13 @@ def test_stage_packages_never_import_the_top_floor():
 
 
 def test_base_floor_imports_no_stage_and_no_top():
-    """``config/`` reads the preset names of ``model/presets.py`` (a torch-free table) to validate
-    ``model.preset``; nothing else of a higher floor."""
+    """``config/`` reads two torch-free catalogs of a higher floor to validate names: the preset table of
+    ``model/presets.py`` (``model.preset``) and the prompt families of ``generate/prompts.py``
+    (``generation.prompts``); nothing else."""
     files = [PKG / "layout.py", PKG / "utils.py", *sorted((PKG / "config").glob("*.py"))]
     forbidden = TOP + tuple(f"megasynth.{p}" for p in STAGE_PACKAGES)
-    allowed = {"megasynth.model.presets", "megasynth.model.presets.PRESETS"}
+    allowed = {"megasynth.model.presets", "megasynth.model.presets.PRESETS", "megasynth.generate.prompts",
+               "megasynth.generate.prompts.prompt_spec"}
     got = [v for v in _violations(files, forbidden) if v.rsplit(" ", 1)[1] not in allowed]
     assert got == []
 

@@ -20,12 +20,12 @@ build). Every name is importable from ``megasynth.config``.
 """
 
 from megasynth.config.data import (STYLES, SYNTHETIC_SOURCES, CorporaConfig, CorpusConfig, GenerationConfig,
-                                   MixtureConfig, SamplingConfig, SynthLLMConfig, TokenizerConfig)
+                                   MixtureConfig, PromptConfig, SamplingConfig, SynthLLMConfig, TokenizerConfig)
 from megasynth.config.loading import MOVED_KEYS, apply_override, read_yaml
 from megasynth.config.study import RUN_LAYOUT_FIELDS, ReportConfig, RunConfig, StudyConfig
 from megasynth.config.training import CheckpointConfig, ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig
 
 __all__ = ["STYLES", "SYNTHETIC_SOURCES", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
-           "GenerationConfig", "TokenizerConfig", "MixtureConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig",
+           "GenerationConfig", "PromptConfig", "TokenizerConfig", "MixtureConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig",
            "CheckpointConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig", "RUN_LAYOUT_FIELDS",
            "MOVED_KEYS", "apply_override", "read_yaml"]

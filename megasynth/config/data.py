@@ -163,6 +163,22 @@ class SynthLLMConfig:
 
 
 @dataclass
+class PromptConfig:
+    """The prompt of one style (see :mod:`megasynth.generate.prompts` for the families and their sources)."""
+
+    family: str = "default"
+    """``default`` (the style's own prompt), ``wrap``, ``nemotron_cc`` or ``cosmopedia``."""
+    variant: Optional[str] = None
+    """wrap: ``easy``/``medium``/``hard``/``qa``; nemotron_cc: ``wikipedia``/``diverse_qa``/``distill``/
+    ``extract_knowledge``/``knowledge_list``; cosmopedia: ``textbook_academic``/``textbook_narrative``/
+    ``blog_post``/``wikihow``. ``None``: the family's default (``medium``, ``wikipedia``, ``textbook_academic``)."""
+    audience: Optional[str] = None
+    """cosmopedia only: ``young_children``, ``high_school``, ``college``, ``professionals``; ``None``: none named."""
+    topic: Optional[str] = None
+    """cosmopedia only: a topic phrase the generated text should relate to."""
+
+
+@dataclass
 class GenerationConfig:
     """Synthetic corpora (HQ, QA, TXBK) rephrased/derived from natural documents with an LLM."""
 
@@ -180,6 +196,9 @@ class GenerationConfig:
     """Name recorded in provenance; default the directory name."""
     prompt_format: Literal["auto", "base", "chat"] = "auto"
     """``base``: continuation prompts; ``chat``: the tokenizer's chat template; ``auto``: chat if the tokenizer has one."""
+    prompts: dict[str, PromptConfig] = field(default_factory=dict)
+    """Style -> prompt family choice, e.g. ``{hq: {family: wrap, variant: medium}, txbk: {family: cosmopedia,
+    variant: textbook_academic, audience: college}}``; styles not listed use their default prompt."""
     backend: Literal["vllm"] = "vllm"
     dtype: str = "float32"
     """Generator weights dtype for vLLM (``float32`` is fastest on CPU, ``bfloat16`` on GPU)."""
@@ -213,6 +232,10 @@ class GenerationConfig:
                 raise MegasynthError(f"{where}.{fname}: must be > 0")
         if self.sampling.max_tokens <= 0:
             raise MegasynthError(f"{where}.sampling.max_tokens: must be > 0")
+        from megasynth.generate.prompts import prompt_spec  # a torch-free catalog (see tests/test_layers.py)
+
+        for style, pc in self.prompts.items():
+            prompt_spec(style, pc.family, pc.variant, pc.audience, pc.topic, where=f"{where}.prompts.{style}")
         if self.synthllm.enabled:
             self.synthllm.validate(f"{where}.synthllm")
 

@@ -21,7 +21,7 @@ from megasynth.config import StudyConfig
 from megasynth.generate.backends import Completion, Request, VllmEngine
 from megasynth.generate.filters import REASONS, filter_reason, manifest_counts
 from megasynth.generate.generator_model import GeneratorSpec, resolve_generator
-from megasynth.generate.prompts import PROMPT_VERSION, build_prompt, resolve_format
+from megasynth.generate.prompts import build_prompt, resolve_format, style_prompt_spec
 from megasynth.generate.reader import Excerpt, sample_excerpts
 from megasynth.layout import StudyLayout
 from megasynth.utils import Progress, clear_done, is_done, mark_done, read_json, sum_markers, write_json, write_jsonl
@@ -105,11 +105,12 @@ def _generate_style(cfg, layout, style, excerpts: list[Excerpt], pending: list[i
                     spec: GeneratorSpec, engine: VllmEngine) -> dict:
     g = cfg.generation
     base_sampling = asdict(g.sampling)
+    pspec = style_prompt_spec(g, style)
     reqs: list[Request] = []
     meta: list[tuple[int, int, Excerpt, object]] = []  # (shard, request index, excerpt, prompt)
     for k in pending:
         for i in range(k * g.shard_size, min((k + 1) * g.shard_size, len(excerpts))):
-            p = build_prompt(style, excerpts[i].text, fmt, tokenizer)
+            p = build_prompt(style, excerpts[i].text, fmt, tokenizer, pspec)
             ids = tokenizer(p.text, add_special_tokens=p.add_special_tokens)["input_ids"]
             s = {**base_sampling, "seed": g.sampling.seed + i}
             if p.stop:
@@ -147,6 +148,7 @@ def _write_shard(cfg, layout, style, k, items, fmt, spec: GeneratorSpec, per_req
     counts = {"requests": len(items), "kept": 0, **{f"filtered_{r}": 0 for r in REASONS},
               "prompt_tokens": 0, "output_tokens": 0}
     records = []
+    pspec = style_prompt_spec(g, style)
     for (_, i, ex, prompt), c in sorted(items, key=lambda it: it[0][1]):
         text = (prompt.response_prefix + c.text).strip() if prompt.response_prefix else c.text.strip()
         counts["prompt_tokens"] += c.prompt_tokens
@@ -159,7 +161,8 @@ def _write_shard(cfg, layout, style, k, items, fmt, spec: GeneratorSpec, per_req
         counts["kept"] += 1
         records.append({
             "id": f"{style}-{ex.source_id}-{ex.chunk}", "text": text, "source": style, "source_id": ex.source_id,
-            "style": style, "generator": spec.name, "prompt_version": PROMPT_VERSION[style], "prompt_format": fmt,
+            "style": style, "generator": spec.name, "prompt_version": pspec.version, "prompt": pspec.provenance(),
+            "prompt_format": fmt,
             "sampling": {**asdict(g.sampling), "request_seed": g.sampling.seed + i if per_request_seed else None},
             "prompt_tokens": c.prompt_tokens, "output_tokens": c.output_tokens, "finish_reason": c.finish_reason,
         })
@@ -175,7 +178,8 @@ def _write_manifest(cfg, layout, style, n_shards, n_requests, fmt, spec: Generat
     manifest = {
         "style": style,
         "generator": spec.provenance or {"name": spec.name, "path": str(spec.path)},
-        "prompt_version": PROMPT_VERSION[style],
+        "prompt_version": style_prompt_spec(cfg.generation, style).version,
+        "prompt": style_prompt_spec(cfg.generation, style).provenance(),
         "prompt_format": fmt,
         "sampling": asdict(cfg.generation.sampling),
         "source": cfg.generation_source,
