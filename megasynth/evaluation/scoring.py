@@ -1,0 +1,367 @@
+"""Log-likelihood scoring of (context, continuation) requests with a megatron-core ``GPTModel``.
+
+The core of downstream evaluation (ranked classification and bits per byte, see
+:mod:`megasynth.evaluation.metrics`) and of held-out document evaluation
+(:mod:`megasynth.evaluation.heldout`): both reduce to *rows* whose last ``n_scored`` positions are
+scored.
+
+A request ``(context, continuation)`` (token ids) becomes one row, as in lm-evaluation-harness and
+olmo_eval (``ICLMultiChoiceTaskDataset.prep_examples``)::
+
+    input   = (context + continuation)[:-1][-seq_length:]     # left-truncated, whole continuation kept
+    target  = (context + continuation)[1:][-seq_length:]
+    scored  = the last len(continuation) positions
+
+A continuation longer than ``seq_length`` (e.g. a whole held-out document, or a long MATH solution)
+is cut into consecutive chunks of ``seq_length`` tokens, one row each, so every token is scored once
+(:func:`request_rows`).
+
+Rows are sorted by length (longest first), packed several per forward pass up to a token budget
+(``rows × longest row ≤ max_batch_tokens``), right-padded, and run through the model with its causal
+mask (padding after a row's end cannot influence its positions). A forward pre-hook on
+``model.output_layer`` keeps only the scored positions of each row, so the output layer and the
+cross-entropy run on ``[b, k]`` positions (``k`` = the longest continuation in the batch) instead of
+``[b, s]``: for a 5-shot context of 600 tokens and a 5-token answer that is the difference between
+``b·600·V`` and ``b·5·V`` logits.
+
+Per-token losses use megatron-core's vocab-parallel cross-entropy building blocks
+(``megatron.core.tensor_parallel.cross_entropy.VocabParallelCrossEntropy``, the code behind the
+``labels`` path of ``GPTModel``): ``loss = log Σ_v exp(l_v − max) − (l_target − max)``, with the max,
+the target logit and the sum all-reduced over the tensor-parallel group. A token is *greedy* when its
+logit equals the maximum over the (padded) vocabulary, which is exact (the target logit is
+all-reduced from one rank's value and zeros).
+
+Supported layouts: tensor parallelism (TP ≥ 1, without sequence parallelism), data parallelism
+(rows are split over the DP ranks and the results all-gathered on the DP group), no pipeline
+parallelism (PP = 1); the local and Transformer Engine specs; fp32/bf16/fp16 parameters (the
+cross-entropy runs in fp32). CPU tests cover TP = PP = DP = 1.
+
+Shapes: megatron tensors inside the model are sequence-first ``[s, b, h]``; ``GPTModel`` takes
+``input_ids``/``position_ids`` ``[b, s]`` and returns logits ``[b, k, V/tp]`` for the ``k`` kept
+positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from megasynth.utils import MegasynthError, Progress
+
+logger = logging.getLogger("megasynth.evaluation")
+
+LN2 = math.log(2.0)
+
+DEFAULT_MAX_BATCH_TOKENS = 16_384
+"""Default token budget of one forward pass (rows × padded length)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One log-likelihood request in token ids.
+
+    Attributes:
+        context: context ids, including any start-of-document prefix (at least one id).
+        continuation: continuation ids (at least one id), scored given the context.
+        continuation_bytes: UTF-8 bytes of the continuation *text* (the bits-per-byte denominator);
+            0 when unknown.
+    """
+
+    context: Sequence[int]
+    continuation: Sequence[int]
+    continuation_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class RequestScore:
+    """Result of one request.
+
+    Attributes:
+        loglikelihood: Σ log p(continuation token | preceding tokens), nats (≤ 0).
+        num_tokens: continuation tokens scored.
+        num_bytes: UTF-8 bytes of the continuation text (``Request.continuation_bytes``).
+        is_greedy: every continuation token is the model's argmax (lm-evaluation-harness ``is_greedy``).
+    """
+
+    loglikelihood: float
+    num_tokens: int
+    num_bytes: int
+    is_greedy: bool
+
+    @property
+    def bits_per_byte(self) -> float:
+        """``−loglikelihood / (ln 2 · num_bytes)`` (bits per UTF-8 byte of the continuation; NaN if no bytes)."""
+        return -self.loglikelihood / (LN2 * self.num_bytes) if self.num_bytes else float("nan")
+
+
+@dataclass(frozen=True)
+class Row:
+    """A scoring row: ``inputs`` and ``targets`` ``[n]`` (targets[i] follows inputs[:i+1]); the last
+    ``n_scored`` positions are scored."""
+
+    inputs: Sequence[int]
+    targets: Sequence[int]
+    n_scored: int
+
+
+def request_rows(request: Request, seq_length: int, where: str = "request") -> list[Row]:
+    """The rows of ``request``: one row of at most ``seq_length`` tokens, left-truncated, when the
+    continuation fits; otherwise the continuation is cut into consecutive chunks of ``seq_length``
+    tokens, each scored once in a row that ends with it (its context: the tokens before it that fit).
+
+    With ``full = context + continuation`` (``L = seq_length``), the chunk of targets ``full[a:e]``
+    (``a`` from ``len(context)`` in steps of ``L``) gets the row ``inputs = full[s:e−1]``,
+    ``targets = full[s+1:e]`` with ``s = max(0, e−1−L)``, scoring its last ``e − a`` positions.
+
+    Raises:
+        MegasynthError: an empty context or continuation.
+    """
+    ctx, cont = list(request.context), list(request.continuation)
+    if not ctx:
+        raise MegasynthError(f"{where}: empty context (prefix a start-of-document token)")
+    if not cont:
+        raise MegasynthError(f"{where}: empty continuation")
+    if seq_length < 1:
+        raise MegasynthError(f"{where}: seq_length must be >= 1, got {seq_length}")
+    full = ctx + cont
+    rows = []
+    for a in range(len(ctx), len(full), seq_length):
+        e = min(a + seq_length, len(full))  # targets full[a:e] are predicted from inputs full[a-1:e-1]
+        start = max(0, e - 1 - seq_length)
+        rows.append(Row(full[start:e - 1], full[start + 1:e], e - a))
+    return rows
+
+
+def encode_requests(tokenizer, pairs: Sequence[tuple[str, str]], prefix_id: int | None = None) -> list[Request]:
+    """Tokenize ``(context, continuation)`` strings into :class:`Request` s.
+
+    Context and continuation are encoded separately (as olmo_eval does), without special tokens, and
+    ``prefix_id`` (default: the tokenizer's ``eod``, which precedes every document in the study's
+    training stream) is put before the context.
+
+    Args:
+        tokenizer: a :class:`megasynth.data.tokenizer.MegasynthTokenizer`.
+        pairs: ``(context, continuation)`` texts; the continuation usually starts with a space.
+    """
+    prefix = tokenizer.eod if prefix_id is None else prefix_id
+    texts = [t for pair in pairs for t in pair]
+    ids = tokenizer.tokenize_batch(texts) if texts else []
+    return [Request([prefix] + ids[2 * i], ids[2 * i + 1], len(cont.encode("utf-8")))
+            for i, (_, cont) in enumerate(pairs)]
+
+
+# --------------------------------------------------------------------------------------------------
+# megatron-core forward
+# --------------------------------------------------------------------------------------------------
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``GPTModel`` inside DDP / ``Float16Module`` wrappers (``.module`` chains)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _check_layout(model: torch.nn.Module) -> None:
+    from megatron.core import parallel_state as ps
+
+    inner = unwrap(model)
+    if not hasattr(inner, "output_layer") or not getattr(inner, "pre_process", True):
+        raise MegasynthError("evaluation: the scorer needs a whole GPTModel (pipeline_model_parallel_size 1)")
+    if ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:
+        raise MegasynthError("evaluation: pipeline_model_parallel_size > 1 is not supported by the scorer")
+    if getattr(inner.config, "sequence_parallel", False):
+        raise MegasynthError("evaluation: sequence_parallel is not supported by the scorer")
+
+
+@contextlib.contextmanager
+def _keep_positions(model: torch.nn.Module, index: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``model.output_layer`` sees only hidden states ``[k, b, h]`` at ``index [k, b]``."""
+    out = unwrap(model).output_layer
+
+    def pre_hook(_module, args, kwargs):
+        hidden = args[0]  # [s, b, h]
+        idx = index.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+        return (torch.gather(hidden, 0, idx),) + tuple(args[1:]), kwargs
+
+    handle = out.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def token_losses(vocab_parallel_logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy and greedy flags from (vocab-parallel) logits.
+
+    Args:
+        vocab_parallel_logits: ``[..., V/tp]`` this TP rank's slice of the logits (consumed: the
+            buffer is overwritten when it is already fp32).
+        target: ``[...]`` token ids (global vocabulary).
+
+    Returns:
+        ``(loss [...], greedy [...])``: ``−log p(target)`` in nats (fp32) and whether the target's
+        logit is the maximum over the whole vocabulary.
+
+    Source: megatron-core ``VocabParallelCrossEntropy`` (``calculate_logits_max``,
+    ``calculate_predicted_logits``, ``calculate_cross_entropy_loss``), the forward of
+    ``tensor_parallel.vocab_parallel_cross_entropy``.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel.cross_entropy import VocabParallelCrossEntropy as VPCE
+    from megatron.core.tensor_parallel.utils import VocabUtility
+
+    tp = ps.get_tensor_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+    group = ps.get_tensor_model_parallel_group() if tp > 1 else None
+    logits, logits_max = VPCE.calculate_logits_max(vocab_parallel_logits)
+    if tp > 1:
+        dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=group)
+    rank = ps.get_tensor_model_parallel_rank() if tp > 1 else 0
+    start, end = VocabUtility.vocab_range_from_per_partition_vocab_size(logits.size(-1), rank, tp)
+    _, _, predicted, sum_exp, exp_logits = VPCE.calculate_predicted_logits(logits, target, logits_max, start, end)
+    if tp > 1:
+        dist.all_reduce(predicted, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(sum_exp, op=dist.ReduceOp.SUM, group=group)
+    greedy = predicted == 0.0  # target logit − max logit, exact
+    _, loss = VPCE.calculate_cross_entropy_loss(exp_logits, predicted, sum_exp)
+    return loss, greedy
+
+
+def _batches(rows: Sequence[Row], order: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Split ``order`` (row indices, longest first) into batches within the token budget."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    width = 0
+    for i in order:
+        n = len(rows[i].inputs)
+        w = max(width, n)
+        if cur and (w * (len(cur) + 1) > max_batch_tokens or len(cur) >= max_batch_size):
+            batches.append(cur)
+            cur, w = [], n
+        cur.append(i)
+        width = w
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@torch.no_grad()
+def score_rows(model: torch.nn.Module, rows: Sequence[Row], *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+               max_batch_size: int = 256, progress: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-token losses and greedy flags of the scored positions of every row.
+
+    Args:
+        model: a megatron-core ``GPTModel`` (wrapped or not), whole (PP = 1); put in eval mode for the
+            call and restored after.
+        rows: rows of at most the model's sequence length; padding uses id 0.
+        max_batch_tokens: budget of one forward pass, rows × longest row (tokens); a row longer than
+            the budget runs alone.
+        max_batch_size: at most this many rows per forward pass.
+        progress: name of a progress log line (rate and ETA), or ``None``.
+
+    Returns:
+        For each row, in order: ``(loss [n_scored] fp32 nats, greedy [n_scored] bool)`` on CPU. With
+        data parallelism every DP rank scores a share of the rows and all ranks return all results.
+
+    Raises:
+        MegasynthError: pipeline or sequence parallelism; a row with ``n_scored`` outside ``[1, len]``.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    _check_layout(model)
+    for i, r in enumerate(rows):
+        if not (1 <= r.n_scored <= len(r.inputs)) or len(r.inputs) != len(r.targets):
+            raise MegasynthError(f"rows[{i}]: n_scored {r.n_scored} outside [1, {len(r.inputs)}] "
+                                 f"or inputs/targets of different lengths")
+    dp = ps.get_data_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+    dp_rank = ps.get_data_parallel_rank() if dp > 1 else 0
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].inputs), i))[dp_rank::dp]
+    batches = _batches(rows, order, max_batch_tokens, max_batch_size)
+    device = next(unwrap(model).parameters()).device
+    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    bar = Progress(progress, total=len(order), unit="rows") if progress else None
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            b, s = len(batch), max(len(rows[i].inputs) for i in batch)
+            k = max(rows[i].n_scored for i in batch)
+            tokens = torch.zeros((b, s), dtype=torch.long)
+            targets = torch.zeros((b, k), dtype=torch.long)
+            index = torch.zeros((k, b), dtype=torch.long)  # position of scored token j of row c
+            for c, i in enumerate(batch):
+                r = rows[i]
+                n = len(r.inputs)
+                tokens[c, :n] = torch.as_tensor(r.inputs, dtype=torch.long)
+                pos = torch.arange(n - r.n_scored, n)
+                index[: r.n_scored, c] = pos
+                index[r.n_scored:, c] = n - 1
+                targets[c, : r.n_scored] = torch.as_tensor(list(r.targets[n - r.n_scored:]), dtype=torch.long)
+            position_ids = torch.arange(s, dtype=torch.long).unsqueeze(0).expand(b, -1)
+            with _keep_positions(model, index):
+                logits = model(tokens.to(device), position_ids.to(device), None)  # [b, k, V/tp]
+            loss, greedy = token_losses(logits.float(), targets.to(device))  # [b, k]
+            loss, greedy = loss.cpu(), greedy.cpu()
+            for c, i in enumerate(batch):
+                n_sc = rows[i].n_scored
+                results[i] = (loss[c, :n_sc].clone(), greedy[c, :n_sc].clone())
+            if bar:
+                bar.update(b)
+    finally:
+        model.train(was_training)
+        if bar:
+            bar.close()
+    if dp > 1:
+        gathered: list = [None] * dp
+        dist.all_gather_object(gathered, results, group=ps.get_data_parallel_group())
+        for part in gathered:
+            results.update(part)
+    return [results[i] for i in range(len(rows))]
+
+
+def score_requests(model: torch.nn.Module, requests: Sequence[Request], seq_length: int | None = None, *,
+                   max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_size: int = 256,
+                   progress: str | None = None) -> list[RequestScore]:
+    """Score ``requests`` with a megatron-core ``GPTModel``.
+
+    Args:
+        model: ``GPTModel`` (see :func:`score_rows` for the layouts supported).
+        requests: token-id requests (:func:`encode_requests` makes them from text).
+        seq_length: longest row in tokens (default: the model's ``max_sequence_length``); longer
+            contexts are left-truncated, keeping the whole continuation; a continuation longer than
+            ``seq_length`` is scored in consecutive chunks (:func:`request_rows`).
+        max_batch_tokens, max_batch_size, progress: see :func:`score_rows`.
+
+    Returns:
+        One :class:`RequestScore` per request, in order.
+
+    Raises:
+        MegasynthError: an empty context or continuation (``requests[i]: ...``), an unsupported
+            parallel layout.
+    """
+    seq_length = seq_length or unwrap(model).max_sequence_length
+    rows, owner = [], []
+    for i, r in enumerate(requests):
+        for row in request_rows(r, seq_length, f"requests[{i}]"):
+            rows.append(row)
+            owner.append(i)
+    out = score_rows(model, rows, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, progress=progress)
+    return combine_rows(requests, owner, out)
+
+
+def combine_rows(requests: Sequence[Request], owner: Sequence[int],
+                 row_results: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[RequestScore]:
+    """Sum the rows of each request (``owner[j]`` = request of row ``j``) into :class:`RequestScore` s."""
+    ll = [0.0] * len(requests)
+    n = [0] * len(requests)
+    greedy = [True] * len(requests)
+    for i, (loss, g) in zip(owner, row_results):
+        ll[i] -= float(loss.double().sum())
+        n[i] += len(loss)
+        greedy[i] = greedy[i] and bool(g.all())
+    return [RequestScore(ll[i], n[i], r.continuation_bytes, greedy[i]) for i, r in enumerate(requests)]
