@@ -4,8 +4,9 @@ Every document of ``<prefix>.{bin,idx}`` (its text tokens and the ``eod`` the pr
 scored once, as a :class:`~megasynth.evaluation.scoring.Request` with context ``[eod]`` (the token every
 training document follows) and the document's tokens as continuation. A document longer than
 ``seq_length`` is scored in consecutive windows of ``seq_length`` tokens, each token once
-(:func:`~megasynth.evaluation.scoring.request_rows`: the first token of a later window is predicted from
-the previous window's last token only). No document sees another one.
+(:func:`~megasynth.evaluation.scoring.request_rows`, lm-evaluation-harness's rolling windows: the first
+token of a later window is predicted from the previous window's last token only; the last window is
+extended back to ``seq_length`` tokens of input). No document sees another one.
 
 Measures (Σ over the documents evaluated; ``nats(d)`` = Σ of the losses of every token of ``d``, the final
 ``eod`` included):
@@ -94,6 +95,8 @@ def read_documents(prefix: str | Path, max_documents: Optional[int] = None) -> t
     prefix = str(prefix)
     if not IndexedDataset.exists(prefix):
         raise MegasynthError(f"{prefix}: indexed dataset (.bin/.idx) not found")
+    if Path(prefix + ".bin").stat().st_size == 0:  # (an empty file cannot be memory-mapped)
+        raise MegasynthError(f"{prefix}: eval set has no tokens")
     ds = IndexedDataset(prefix)
     bounds = ds.document_indices
     n_docs = len(bounds) - 1

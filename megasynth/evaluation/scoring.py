@@ -116,7 +116,10 @@ def request_rows(request: Request, seq_length: int, where: str = "request") -> l
 
     With ``full = context + continuation`` (``L = seq_length``), the chunk of targets ``full[a:e]``
     (``a`` from ``len(context)`` in steps of ``L``) gets the row ``inputs = full[s:e−1]``,
-    ``targets = full[s+1:e]`` with ``s = max(0, e−1−L)``, scoring its last ``e − a`` positions.
+    ``targets = full[s+1:e]`` with ``s = max(0, e−1−L)``, scoring its last ``e − a`` positions. These are
+    lm-evaluation-harness's rolling windows (``utils.get_rolling_token_windows`` with ``context_len=1``):
+    a full chunk is predicted from its own tokens and the one before it; the last, partial chunk gets
+    ``L`` tokens of input.
 
     Raises:
         MegasynthError: an empty context or continuation.

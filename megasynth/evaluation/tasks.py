@@ -37,7 +37,8 @@ olmo_eval's own legacy labels of the same spelling (its ``arc_easy``, ``piqa``, 
 from HF datasets).
 
 ``limit`` counts *instances* (questions; lm-evaluation-harness's and oe-eval's meaning): the first
-``limit`` instances of the file, each with all of its answer choices as requests.
+``limit`` instances of the file, each with all of its answer choices as requests (split evenly over the
+parts of a task made of several olmo_eval tasks, e.g. ``mmlu``'s four categories).
 """
 
 from __future__ import annotations
@@ -259,8 +260,8 @@ def load_task(name: str, tokenizer, seq_length: int, limit: Optional[int] = None
         name: a short name (:data:`TASKS`) or an olmo_eval label.
         tokenizer: the study's :class:`~megasynth.data.tokenizer.MegasynthTokenizer`.
         seq_length: the model's sequence length in tokens (olmo_eval's ``model_ctx_len``).
-        limit: at most this many instances (questions) per olmo_eval part, all their choices included;
-            ``None`` = all.
+        limit: at most this many instances (questions), all their choices included, split evenly over
+            the task's olmo_eval parts (``mmlu``: its four categories); ``None`` = all.
         where: the config field named in errors, e.g. ``evaluation.tasks[2]``.
 
     Raises:
@@ -272,9 +273,13 @@ def load_task(name: str, tokenizer, seq_length: int, limit: Optional[int] = None
         raise MegasynthError(f"{where}: limit must be >= 1, got {limit}")
     requests: list[TaskRequest] = []
     metric_types, offset = set(), 0
-    for label, overrides in spec.olmo_eval:
+    parts = len(spec.olmo_eval)
+    for p, (label, overrides) in enumerate(spec.olmo_eval):
+        part_limit = None if limit is None else limit // parts + (1 if p < limit % parts else 0)
+        if part_limit == 0:
+            continue
         try:
-            ds = _build(label, overrides, tokenizer, seq_length, limit)
+            ds = _build(label, overrides, tokenizer, seq_length, part_limit)
         except (FileNotFoundError, NotADirectoryError) as e:
             raise MegasynthError(f"{where}: task files of {name!r} not found in the installed olmo_eval "
                                  f"({str(e).splitlines()[0]}); {_INSTALL}") from None
