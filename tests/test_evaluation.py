@@ -3,9 +3,9 @@ State of the Union text, a llama3-micro megatron-core GPTModel and its HF ``Llam
 (identical weights) as the independent scorer.
 
 Tolerance: per-request summed log-likelihoods of the megatron scorer and the HF twin agree within
-``LL_ATOL = 1e-4`` nats (fp32; the largest difference measured here is ~1e-5 on sums up to ~1,000
-nats: the two models differ only in float32 operation order), per-token losses within ``TOKEN_ATOL =
-1e-5``; accuracies agree exactly, bits per byte within ``1e-6`` relative.
+``LL_ATOL = 1e-4`` nats (fp32; the largest difference measured on these requests is 2.6e-5 nats, on sums
+of up to 4,400 nats: the two models differ only in float32 operation order), per-token losses within
+``TOKEN_ATOL = 1e-5``; accuracies agree exactly, bits per byte within ``1e-6`` relative.
 """
 
 from __future__ import annotations
@@ -136,9 +136,14 @@ def test_scores_match_hf_twin(tok, models):
     assert [a.num_tokens for a in ours] == [len(r.continuation) for r in requests] == [b.num_tokens for b in theirs]
     assert [a.is_greedy for a in ours] == [b.is_greedy for b in theirs]
     assert all(a.loglikelihood < 0 for a in ours)
-    # Batching does not change the numbers (padding never leaks into a row): one row per forward pass.
-    alone = score_requests(m, requests[:12], SEQ, max_batch_tokens=1)
-    np.testing.assert_allclose([a.loglikelihood for a in alone], [a.loglikelihood for a in ours[:12]], atol=1e-5)
+    # Shared contexts (the answer choices of a question) run once from megatron's KV cache; scoring every
+    # request as its own row gives the same numbers. Batching does not change them either (padding never
+    # leaks into a row): one row per forward pass.
+    contexts = [tuple(r.context) for r in requests]
+    assert sum(contexts.count(c) > 1 for c in contexts) > 20
+    rows_only = score_requests(m, requests, SEQ, share_context=False, max_batch_tokens=1)
+    np.testing.assert_allclose([a.loglikelihood for a in rows_only], [a.loglikelihood for a in ours], atol=LL_ATOL)
+    assert [a.is_greedy for a in rows_only] == [a.is_greedy for a in ours]
     # Metrics from the two scorers: same accuracies, bpb to rounding.
     k = 0
     for name, task in tasks.items():

@@ -329,7 +329,7 @@ def score_rows(model: torch.nn.Module, rows: Sequence[Row], *, max_batch_tokens:
 
 def score_requests(model: torch.nn.Module, requests: Sequence[Request], seq_length: int | None = None, *,
                    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_size: int = 256,
-                   progress: str | None = None) -> list[RequestScore]:
+                   share_context: bool = True, progress: str | None = None) -> list[RequestScore]:
     """Score ``requests`` with a megatron-core ``GPTModel``.
 
     Args:
@@ -339,6 +339,8 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], seq_leng
             contexts are left-truncated, keeping the whole continuation; a continuation longer than
             ``seq_length`` is scored in consecutive chunks (:func:`request_rows`).
         max_batch_tokens, max_batch_size, progress: see :func:`score_rows`.
+        share_context: run a context shared by several requests (the answer choices of a question) once
+            and its continuations from its KV cache (:func:`score_shared_context`); local spec only.
 
     Returns:
         One :class:`RequestScore` per request, in order.
@@ -348,13 +350,152 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], seq_leng
             parallel layout.
     """
     seq_length = seq_length or unwrap(model).max_sequence_length
+    groups: dict[tuple, list[int]] = {}
+    if share_context and _local_attention(model):
+        for i, r in enumerate(requests):
+            if r.context and r.continuation and len(r.context) + len(r.continuation) - 1 <= seq_length:
+                groups.setdefault(tuple(r.context), []).append(i)
+    shared = [ids for ids in groups.values() if len(ids) > 1]
+    in_shared = {i for ids in shared for i in ids}
     rows, owner = [], []
     for i, r in enumerate(requests):
-        for row in request_rows(r, seq_length, f"requests[{i}]"):
-            rows.append(row)
-            owner.append(i)
-    out = score_rows(model, rows, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, progress=progress)
+        if i not in in_shared:
+            for row in request_rows(r, seq_length, f"requests[{i}]"):
+                rows.append(row)
+                owner.append(i)
+    out = score_rows(model, rows, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                     progress=progress) if rows else []
+    if shared:
+        res = score_shared_context(model, requests, shared, max_batch_tokens=max_batch_tokens, progress=progress)
+        owner = owner + sorted(res)
+        out = list(out) + [res[i] for i in sorted(res)]
     return combine_rows(requests, owner, out)
+
+
+def _local_attention(model: torch.nn.Module) -> bool:
+    """Whether the model's core attention is megatron-core's ``DotProductAttention`` (local spec), whose
+    static-batching KV cache and explicit attention masks :func:`score_shared_context` relies on."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    inner = unwrap(model)
+    layers = getattr(getattr(inner, "decoder", None), "layers", None)
+    return bool(layers) and isinstance(layers[0].self_attention.core_attention, DotProductAttention) \
+        and not getattr(inner.config, "flash_decode", False)
+
+
+@torch.no_grad()
+def score_shared_context(model: torch.nn.Module, requests: Sequence[Request], groups: Sequence[Sequence[int]], *,
+                         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                         progress: str | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-token losses and greedy flags of requests that share a context, the context run once.
+
+    Each group (indices of requests with the same ``context``, each fitting whole in the model's
+    sequence length) is scored with megatron-core's static-batching KV cache
+    (``megatron.core.inference.contexts.StaticInferenceContext``):
+
+    1. *prefill*: the contexts of several groups, left-padded to the longest ``P`` → ``[G, P]`` with an
+       explicit mask (causal, padding keys masked; RoPE is relative, so a left-padded row gives the
+       unpadded row's numbers); the last position's logits predict each continuation's first token;
+    2. *continuations*: the cache rows are repeated for each member (``index_select`` on the batch
+       dimension), and the continuations without their last token, right-padded to ``S`` → ``[B, S]``,
+       run at offset ``P`` with a mask over ``[B, 1, S, P + S]`` (the group's padding and the causal
+       part among the continuation's tokens).
+
+    Batches hold groups while ``members × (P + S)`` (the cache rows) stays within ``max_batch_tokens``.
+    Equivalent to :func:`score_rows` up to float rounding (tested against the HF twin).
+
+    Returns:
+        ``{request index: (loss [len(continuation)], greedy [len(continuation)])}`` for every member of
+        every group, on every DP rank.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core.inference.contexts import StaticInferenceContext
+
+    _check_layout(model)
+    dp = ps.get_data_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+    dp_rank = ps.get_data_parallel_rank() if dp > 1 else 0
+    order = sorted(range(len(groups)), key=lambda g: (-len(requests[groups[g][0]].context), g))[dp_rank::dp]
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    members = width = 0
+    for g in order:
+        m = len(groups[g])
+        w = max(width, len(requests[groups[g][0]].context) + max(len(requests[i].continuation) for i in groups[g]) - 1)
+        if cur and (members + m) * w > max_batch_tokens:
+            batches.append(cur)
+            cur, members, w = [], 0, len(requests[groups[g][0]].context) + max(
+                len(requests[i].continuation) for i in groups[g]) - 1
+        cur.append(g)
+        members += m
+        width = w
+    if cur:
+        batches.append(cur)
+
+    device = next(unwrap(model).parameters()).device
+    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    bar = Progress(f"{progress} (shared contexts)", total=len(order), unit="contexts") if progress else None
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            ctxs = [list(requests[groups[g][0]].context) for g in batch]
+            member = [i for g in batch for i in groups[g]]
+            owner = torch.tensor([c for c, g in enumerate(batch) for _ in groups[g]])
+            conts = [list(requests[i].continuation) for i in member]
+            G, P, B = len(batch), max(map(len, ctxs)), len(member)
+            S = max(map(len, conts)) - 1
+            pad = torch.tensor([P - len(c) for c in ctxs])
+            tokens = torch.zeros((G, P), dtype=torch.long)
+            for c, ctx in enumerate(ctxs):
+                tokens[c, P - len(ctx):] = torch.as_tensor(ctx)
+            pos = torch.arange(P + S)
+            # True = masked (megatron's attention_mask_func): padding keys and keys after the query.
+            mask = (pos[None, None, :P] < pad[:, None, None]) | (pos[None, None, :P] > pos[None, :P, None])
+            cache = StaticInferenceContext(G, P + S)
+            logits = model(tokens.to(device), pos[:P].expand(G, -1).to(device), mask[:, None].to(device),
+                           inference_context=cache, runtime_gather_output=True)  # [G, 1, V]
+            first = torch.tensor([c[0] for c in conts])
+            loss0, greedy0 = token_losses(logits[owner.to(device), -1].float(), first.to(device))  # [B]
+            loss0, greedy0 = loss0.cpu(), greedy0.cpu()
+            if S > 0:
+                rest = StaticInferenceContext(B, P + S)
+                rest.materialize_only_last_token_logits = False
+                idx = owner.to(device)
+                for layer, (k, v) in cache.key_value_memory_dict.items():
+                    rest.key_value_memory_dict[layer] = (k.index_select(1, idx), v.index_select(1, idx))
+                del cache
+                rest.sequence_len_offset = P
+                inputs = torch.zeros((B, S), dtype=torch.long)
+                targets = torch.zeros((B, S), dtype=torch.long)
+                for b, cont in enumerate(conts):
+                    inputs[b, :len(cont) - 1] = torch.as_tensor(cont[:-1])
+                    targets[b, :len(cont) - 1] = torch.as_tensor(cont[1:])
+                q = pos[P:]  # absolute positions of the continuation inputs
+                mask2 = (pos[None, None, :] < pad[owner][:, None, None]) | (pos[None, None, :] > q[None, :, None])
+                logits2 = model(inputs.to(device), q.expand(B, -1).to(device), mask2[:, None].to(device),
+                                inference_context=rest, runtime_gather_output=True)  # [B, S, V]
+                loss, greedy = token_losses(logits2.float(), targets.to(device))
+                loss, greedy = loss.cpu(), greedy.cpu()
+                del rest
+            for b, i in enumerate(member):
+                n = len(conts[b]) - 1
+                lo, gr = loss0[b:b + 1], greedy0[b:b + 1]
+                if n:
+                    lo, gr = torch.cat([lo, loss[b, :n]]), torch.cat([gr, greedy[b, :n]])
+                results[i] = (lo.clone(), gr.clone())
+            if bar:
+                bar.update(G)
+    finally:
+        model.train(was_training)
+        if bar:
+            bar.close()
+    if dp > 1:
+        gathered: list = [None] * dp
+        dist.all_gather_object(gathered, results, group=ps.get_data_parallel_group())
+        for part in gathered:
+            results.update(part)
+    return results
 
 
 def combine_rows(requests: Sequence[Request], owner: Sequence[int],
