@@ -14,7 +14,8 @@ and times, in one process, alternating ``--repeats`` times:
   reference code (isolates the model's speed from the scored-positions-only output layer);
 - ``HF``: :func:`megasynth.evaluation.hf_reference.hf_score_requests` (lm-evaluation-harness's way:
   right-padded batches with an attention mask, full logits, ``log_softmax``), rows per batch =
-  ``max_batch_tokens // seq_length``.
+  ``max_batch_tokens // seq_length``, on the requests as ``score_requests`` sees them
+  (``group_shared_contexts``: one left-truncation per shared context), so the numbers compare.
 
 Prints wall seconds, requests/s, continuation tokens/s and process CPU seconds (medians over repeats; the
 CPU time is less sensitive to other processes sharing the machine) and the largest per-request
@@ -81,14 +82,17 @@ def main() -> None:
     model.eval()
     hf = to_hf_llama(model, get_preset(args.preset), builder.padded_vocab_size(tok.vocab_size))
     full = _LogitsAdapter(model)
+    from megasynth.evaluation.scoring import group_shared_contexts
+
+    _, view = group_shared_contexts(requests, args.seq_length)  # what score_requests scores (same row lengths)
     rows = max(1, args.max_batch_tokens // args.seq_length)
 
     runs = {
         "megatron": lambda: score_requests(model, requests, args.seq_length, max_batch_tokens=args.max_batch_tokens),
         "megatron, no sharing": lambda: score_requests(model, requests, args.seq_length, share_context=False,
                                                        max_batch_tokens=args.max_batch_tokens),
-        "megatron, full logits": lambda: hf_score_requests(full, requests, args.seq_length, batch_size=rows),
-        "HF transformers": lambda: hf_score_requests(hf, requests, args.seq_length, batch_size=rows),
+        "megatron, full logits": lambda: hf_score_requests(full, view, args.seq_length, batch_size=rows),
+        "HF transformers": lambda: hf_score_requests(hf, view, args.seq_length, batch_size=rows),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}

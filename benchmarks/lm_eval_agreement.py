@@ -71,7 +71,7 @@ def main() -> None:
     for name in args.tasks:
         task = load_task(name, tok, args.seq_length, limit=args.limit)
         tasks[name] = task
-        ours[name] = evaluate_task(model, task, args.seq_length)
+        ours[name] = evaluate_task(model, task, args.seq_length, share_context=False)  # lm-eval's truncation rule
         docs: dict[int, dict] = {}
         for r in task.requests:
             d = docs.setdefault(r.doc_id, {"context": EOD_TOKEN + tok.detokenize(r.request.context[1:]),
@@ -106,7 +106,7 @@ def main() -> None:
                 lm_ll[(s["doc_id"], c)] = float(resp[0][0])
         task = tasks[name]
         doc_index = {d: i for i, d in enumerate(dict.fromkeys(r_.doc_id for r_ in task.requests))}
-        scores = score_requests(model, [q.request for q in task.requests], args.seq_length)
+        scores = score_requests(model, [q.request for q in task.requests], args.seq_length, share_context=False)
         same, other = [], 0  # lm-eval encodes context + continuation jointly, olmo_eval separately
         for q, sc in zip(task.requests, scores):
             joint = tok.tokenize(tok.detokenize(q.request.context[1:]) + tok.detokenize(q.request.continuation))

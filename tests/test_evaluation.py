@@ -21,7 +21,7 @@ from megasynth.config import ModelConfig
 from megasynth.evaluation import (DownstreamConfig, Request, encode_requests, evaluate_documents, evaluate_task,
                                   load_task, request_rows, save_token_losses, score_requests, task_metrics)
 from megasynth.evaluation.hf_reference import hf_score_requests
-from megasynth.evaluation.scoring import RequestScore
+from megasynth.evaluation.scoring import RequestScore, group_shared_contexts
 from megasynth.evaluation.tasks import TaskRequest
 from megasynth.model import builder, cpu_compat
 from megasynth.model.hf_compat import to_hf_llama
@@ -130,7 +130,10 @@ def test_scores_match_hf_twin(tok, models):
     assert max(len(r.continuation) for r in requests) > SEQ  # windows exercised
     assert max(len(r.context) + len(r.continuation) for r in requests) > 3 * SEQ  # truncation exercised
     ours = score_requests(m, requests, SEQ, max_batch_tokens=2048)
-    theirs = hf_score_requests(hf, requests, SEQ, batch_size=8)
+    # The HF twin scores the requests as score_requests does: one left-truncation per shared context.
+    groups, view = group_shared_contexts(requests, SEQ)
+    assert sum(map(len, groups)) > 20 and any(len(v.context) < len(r.context) for v, r in zip(view, requests))
+    theirs = hf_score_requests(hf, view, SEQ, batch_size=8)
     diff = np.array([a.loglikelihood - b.loglikelihood for a, b in zip(ours, theirs)])
     assert np.abs(diff).max() <= LL_ATOL, np.abs(diff).max()
     assert [a.num_tokens for a in ours] == [len(r.continuation) for r in requests] == [b.num_tokens for b in theirs]
@@ -139,11 +142,13 @@ def test_scores_match_hf_twin(tok, models):
     # Shared contexts (the answer choices of a question) run once from megatron's KV cache; scoring every
     # request as its own row gives the same numbers. Batching does not change them either (padding never
     # leaks into a row): one row per forward pass.
-    contexts = [tuple(r.context) for r in requests]
-    assert sum(contexts.count(c) > 1 for c in contexts) > 20
-    rows_only = score_requests(m, requests, SEQ, share_context=False, max_batch_tokens=1)
+    rows_only = score_requests(m, view, SEQ, share_context=False, max_batch_tokens=1)
     np.testing.assert_allclose([a.loglikelihood for a in rows_only], [a.loglikelihood for a in ours], atol=LL_ATOL)
     assert [a.is_greedy for a in rows_only] == [a.is_greedy for a in ours]
+    # Without sharing, each request is left-truncated on its own (olmo_eval's / lm-eval's rule).
+    per_request = score_requests(m, requests, SEQ, share_context=False)
+    ref = hf_score_requests(hf, requests, SEQ, batch_size=8)
+    np.testing.assert_allclose([a.loglikelihood for a in per_request], [b.loglikelihood for b in ref], atol=LL_ATOL)
     # Metrics from the two scorers: same accuracies, bpb to rounding.
     k = 0
     for name, task in tasks.items():
@@ -156,7 +161,7 @@ def test_scores_match_hf_twin(tok, models):
                 assert mo[key] == pytest.approx(mh[key], rel=1e-6) and 0 < mo[key] < 100
             else:
                 assert mo[key] == mh[key], (name, key)
-    res = evaluate_task(m, tasks["arc_challenge"], SEQ)
+    res = evaluate_task(m, tasks["arc_challenge"], SEQ)  # (arc_challenge's requests come first)
     assert res.metrics["acc"] == task_metrics(tasks["arc_challenge"].requests, ours[:len(tasks["arc_challenge"]
                                                                                         .requests)])["acc"]
     assert res.num_instances == 4 and res.num_tokens > 0
@@ -175,7 +180,8 @@ def test_metrics_match_olmo_eval_icl_metric(tok, models):
     ours_task = load_task("arc_challenge", tok, SEQ, limit=6)
     assert [(r.doc_id, r.cont_id, list(r.request.continuation)) for r in ours_task.requests] == \
         [(s["doc_id"], s["cont_id"], s["continuation"]) for s in samples]
-    scores = score_requests(m, [r.request for r in ours_task.requests], SEQ)
+    # olmo_eval truncates each request on its own: score without context sharing
+    scores = score_requests(m, [r.request for r in ours_task.requests], SEQ, share_context=False)
     ours = task_metrics(ours_task.requests, scores)
     for metric_type, key in (("acc", "acc"), ("len_norm", "acc_norm")):
         metric = ICLMetric(metric_type=metric_type)

@@ -349,7 +349,11 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], seq_leng
             ``seq_length`` is scored in consecutive chunks (:func:`request_rows`).
         max_batch_tokens, max_batch_size, progress: see :func:`score_rows`.
         share_context: run a context shared by several requests (the answer choices of a question) once
-            and its continuations from its KV cache (:func:`score_shared_context`); local spec only.
+            and its continuations from its KV cache (:func:`score_shared_context`; local spec only). The
+            group's context is left-truncated once, to ``seq_length − longest continuation + 1`` tokens,
+            so every choice is conditioned on the same tokens; without sharing each request is truncated
+            on its own (olmo_eval's and lm-evaluation-harness's rule), which differs only when the
+            context does not fit.
 
     Returns:
         One :class:`RequestScore` per request, in order.
@@ -359,12 +363,8 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], seq_leng
             parallel layout.
     """
     seq_length = seq_length or unwrap(model).max_sequence_length
-    groups: dict[tuple, list[int]] = {}
-    if share_context and _local_attention(model):
-        for i, r in enumerate(requests):
-            if r.context and r.continuation and len(r.context) + len(r.continuation) - 1 <= seq_length:
-                groups.setdefault(tuple(r.context), []).append(i)
-    shared = [ids for ids in groups.values() if len(ids) > 1]
+    shared, view = group_shared_contexts(requests, seq_length) if share_context and _local_attention(model) \
+        else ([], list(requests))
     in_shared = {i for ids in shared for i in ids}
     rows, owner = [], []
     for i, r in enumerate(requests):
@@ -375,10 +375,32 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], seq_leng
     out = score_rows(model, rows, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                      progress=progress) if rows else []
     if shared:
-        res = score_shared_context(model, requests, shared, max_batch_tokens=max_batch_tokens, progress=progress)
+        res = score_shared_context(model, view, shared, max_batch_tokens=max_batch_tokens, progress=progress)
         owner = owner + sorted(res)
         out = list(out) + [res[i] for i in sorted(res)]
     return combine_rows(requests, owner, out)
+
+
+def group_shared_contexts(requests: Sequence[Request], seq_length: int) -> tuple[list[list[int]], list[Request]]:
+    """Groups of requests with the same context, and the requests as :func:`score_requests` scores them.
+
+    A group is two or more requests with identical ``context`` whose longest continuation fits
+    ``seq_length``; its context is left-truncated once to ``seq_length − longest continuation + 1``
+    tokens for all members. Returns ``(groups as lists of request indices, requests with the group
+    contexts applied)``; requests outside groups are returned unchanged.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        if len(r.context) and len(r.continuation):
+            groups.setdefault(tuple(r.context), []).append(i)
+    shared, view = [], list(requests)
+    for ctx, ids in groups.items():
+        keep = seq_length - max(len(requests[i].continuation) for i in ids) + 1
+        if len(ids) > 1 and keep >= 1:
+            shared.append(ids)
+            for i in ids:
+                view[i] = Request(list(ctx[-keep:]), requests[i].continuation, requests[i].continuation_bytes)
+    return shared, view
 
 
 def _local_attention(model: torch.nn.Module) -> bool:
@@ -398,8 +420,8 @@ def score_shared_context(model: torch.nn.Module, requests: Sequence[Request], gr
                          progress: str | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per-token losses and greedy flags of requests that share a context, the context run once.
 
-    Each group (indices of requests with the same ``context``, each fitting whole in the model's
-    sequence length) is scored with megatron-core's static-batching KV cache
+    Each group (indices of requests with the same ``context`` that fit whole in the model's sequence
+    length with their continuation) is scored with megatron-core's static-batching KV cache
     (``megatron.core.inference.contexts.StaticInferenceContext``):
 
     1. *prefill*: the contexts of several groups, left-padded to the longest ``P`` → ``[G, P]`` with an

@@ -325,13 +325,16 @@ class TaskResult:
 
 
 def evaluate_task(model, task: Task, seq_length: Optional[int] = None, *,
-                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: bool = False) -> TaskResult:
-    """Score ``task`` with a megatron-core ``GPTModel`` and compute its metrics (same on every rank)."""
+                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, share_context: bool = True,
+                  progress: bool = False) -> TaskResult:
+    """Score ``task`` with a megatron-core ``GPTModel`` and compute its metrics (same on every rank).
+
+    ``share_context``: see :func:`~megasynth.evaluation.scoring.score_requests`."""
     from megasynth.evaluation.metrics import task_metrics
 
     t0 = time.monotonic()
     scores = score_requests(model, [r.request for r in task.requests], seq_length, max_batch_tokens=max_batch_tokens,
-                            progress=f"eval {task.name}" if progress else None)
+                            share_context=share_context, progress=f"eval {task.name}" if progress else None)
     metrics = task_metrics(task.requests, scores, task.kind)
     return TaskResult(task.name, task.kind, task.primary_metric, metrics, task.num_instances, len(task.requests),
                       sum(s.num_tokens for s in scores), time.monotonic() - t0)
