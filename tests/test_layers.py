@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "megasynth"
-STAGE_PACKAGES = ("corpora", "generate", "data", "model", "train", "analysis")
+STAGE_PACKAGES = ("corpora", "generate", "data", "model", "train", "evaluation", "analysis")
 TOP = ("megasynth.study", "megasynth.cli")
 
 
