@@ -80,6 +80,9 @@ def enable() -> None:
         return
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
+    # megatron-core >= 0.19 waits on CUDA-graph events of the current stream before every gradient
+    # reduce (``_ParamAndGradBucketGroup.start_grad_sync``): torch's CPU stream stub has no-op waits.
+    torch.cuda.current_stream = torch.cpu.current_stream  # type: ignore[assignment]
     torch.set_flush_denormal(True)
 
     import megatron.core.fusions.fused_softmax as fused_softmax
