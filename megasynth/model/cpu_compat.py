@@ -75,9 +75,9 @@ def enable() -> None:
     """Patch the process-wide CUDA assumptions of megatron-core for a CPU-only run (idempotent).
 
     Patches ``torch.cuda.current_device`` (→ ``"cpu"``), ``torch.cuda.synchronize`` (→ no-op),
-    ``torch.cuda.current_stream`` (→ ``torch.cpu.current_stream``), megatron-core's default causal mask (→ built on CPU) and its CUDA RNG state save/restore used by
-    activation recomputation (→ no-ops), and flushes denormals to zero. Does nothing
-    when CUDA is available.
+    ``torch.cuda.current_stream`` (→ ``torch.cpu.current_stream``), megatron-core's default causal mask
+    (→ built on CPU) and its CUDA RNG state save/restore used by activation recomputation (→ no-ops),
+    and flushes denormals to zero. Does nothing when CUDA is available.
     """
     global _ENABLED
     if _ENABLED or cuda_available():
