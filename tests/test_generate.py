@@ -156,6 +156,7 @@ def _snapshot(layout):
             if p.is_file()}
 
 
+@pytest.mark.vllm
 def test_run_generate_real_vllm_shards_manifest_and_resume(tmp_path, tiny_model_dir, engine):
     from megasynth.generate import run_generate
 
@@ -216,6 +217,7 @@ def test_run_generate_real_vllm_shards_manifest_and_resume(tmp_path, tiny_model_
     assert len(after["qa/shard-00001.jsonl"][0].decode().splitlines()) == 2
 
 
+@pytest.mark.vllm
 def test_missing_vllm_prompt_too_long_is_one_line_error(tmp_path, tiny_model_dir, engine):
     from megasynth.generate.backends import Request
 

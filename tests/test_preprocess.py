@@ -85,12 +85,20 @@ def megatron_way(input_path: Path, output_prefix: str, hf_path: Path, keys=("tex
                  keep_newlines=False, append_eod=True) -> None:
     """Megatron-LM tools/preprocess_data.py (partitions=1) on megatron-core's tokenizer and writer."""
     from megatron.core.datasets import indexed_dataset
-    from megatron.core.tokenizers.text.utils.build_tokenizer import build_tokenizer
+    try:  # megatron-core >= 0.17
+        from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
+    except ImportError:  # megatron-core 0.16
+        from megatron.core.tokenizers.text.utils.build_tokenizer import build_tokenizer
 
+    # Megatron-LM's argument names of both releases (0.16: tokenizer_special_tokens, tokenizer_hf_use_fast,
+    # tokenizer_hf_include_special_tokens, tokenizer_metadata; >= 0.17: special_tokens, tokenizer_hf_no_use_fast,
+    # tokenizer_hf_no_include_special_tokens, metadata_path, chat_template, pad_vocab_size), same values.
     args = argparse.Namespace(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(hf_path), vocab_file=None,
                               merge_file=None, tokenizer_special_tokens=None, tokenizer_hf_use_fast=True,
                               trust_remote_code=False, tokenizer_hf_include_special_tokens=True,
-                              tokenizer_metadata=None)
+                              tokenizer_metadata=None, special_tokens=None, tokenizer_hf_no_use_fast=False,
+                              tokenizer_hf_no_include_special_tokens=False, metadata_path=None, chat_template=None,
+                              pad_vocab_size=False)
     tokenizer = build_tokenizer(args)
     splitter = None
     if split_sentences:

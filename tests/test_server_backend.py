@@ -22,7 +22,7 @@ from megasynth.generate.backends.server import ServerEngine, ServerSettings, mak
 from megasynth.generate.backends.base import Request
 from megasynth.utils import MegasynthError
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.vllm]
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV, KEY = "MEGASYNTH_TEST_SERVER_KEY", "k3y-never-logged-7f9c2e"
 START_TIMEOUT_S = 900

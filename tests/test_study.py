@@ -19,7 +19,7 @@ import yaml
 
 from megasynth.utils import is_done
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 MIXTURES = {"natural": {"sotu": 1.0}, "hq33": {"hq": 0.33, "sotu": 0.67}, "qa50": {"qa": 0.5, "sotu": 0.5},
             "txbk100": {"txbk": 1.0}}

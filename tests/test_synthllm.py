@@ -312,6 +312,7 @@ def _snapshot(d):
     return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.vllm
 def test_synthllm_end_to_end_real_vllm(generated, engine):
     from megasynth.generate import run_generate
 
@@ -379,6 +380,7 @@ def test_synthllm_end_to_end_real_vllm(generated, engine):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_mixture_with_synthllm_trains(generated):
     cfg, layout, study_file, _, _ = generated
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -197,6 +197,31 @@ def test_checkpoint_roundtrip_identical_logits(study, trained):
     assert loss == pytest.approx(trained["final_eval_loss"]["wiki"], abs=1e-4)
 
 
+def test_checkpoint_layout_by_megatron_core_version(study):
+    """megatron-core >= 0.19 keeps the common values in the torch_dist shards (no common.pt, no common_backend
+    in metadata.json) and reads both layouts; older releases cannot read the new one and say so in one line."""
+    import megatron.core
+    from packaging.version import Version
+
+    from megasynth.model import builder
+    from megasynth.train.checkpoint import read_common, save_checkpoint
+
+    cfg, layout = study
+    builder.init_parallel(1, 1, seed=3)
+    path = save_checkpoint(builder.build_model(ModelConfig(preset="llama3-micro"), 500, SEQ),
+                           layout.root / "ckpt-layout", 3, common={"consumed_samples": 12})
+    meta = read_json(path / "metadata.json")
+    new = Version(megatron.core.__version__) >= Version("0.19")
+    assert (path / "common.pt").exists() is (not new) is ("common_backend" in meta)
+    assert read_common(path)["consumed_samples"] == 12
+    if not new:  # this checkpoint in the layout 0.19 writes: without common.pt and the common_* keys
+        (path / "common.pt").unlink()
+        write_json(path / "metadata.json", {k: v for k, v in meta.items() if not k.startswith("common_")})
+        with pytest.raises(MegasynthError, match=r"written by megatron-core >= 0.19 .*cannot read it"):
+            read_common(path)
+    shutil.rmtree(layout.root / "ckpt-layout")
+
+
 def test_rerun_skips_done_resumes_or_restarts_incomplete(study, trained):
     from megasynth.study.runs import plan_runs
     from megasynth.train import run_train

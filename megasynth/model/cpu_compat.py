@@ -1,4 +1,4 @@
-"""CPU-only workarounds that let megatron-core 0.16 (local spec, gloo, one process) run without CUDA.
+"""CPU-only workarounds that let megatron-core 0.16.1-0.19.x (local spec, gloo) run without CUDA.
 
 Everything here is a **no-op when CUDA is available**: the GPU tier runs megatron-core untouched.
 
@@ -10,6 +10,8 @@ megatron-core assumption                               workaround (this module)
 ``torch.cuda.current_device()`` as a device            :func:`enable` → returns ``"cpu"``
 (rotary embeddings, grad buffers, optimizer)
 ``torch.cuda.synchronize()`` (DDP, timers)             :func:`enable` → no-op
+``torch.cuda.current_stream().wait_event(...)``        :func:`enable` → torch's CPU stream stub
+(DDP gradient reduce, megatron-core >= 0.19)           (``torch.cpu.current_stream``, no-op waits)
 causal mask ``torch.triu(..., device="cuda")``         :func:`enable` → the same mask built on CPU
 (``transformer/utils.get_default_causal_mask``)        (cached per sequence length)
 ``torch.tensor(..., device="cuda")`` in schedules,     :func:`cpu_device_mode` (a ``TorchFunctionMode``)
@@ -25,7 +27,9 @@ CPU steps ~15x slower)
 =====================================================  ============================================
 
 Transformer Engine and apex are absent on CPU; megatron-core guards their imports itself and falls back
-to torch norms and ``torch.optim.AdamW``.
+to torch norms and ``torch.optim.AdamW``. The patches hold with both torch builds on a machine without a
+GPU: the CPU build (Python 3.11, ``make test``) and PyPI's CUDA build (Python 3.12,
+``make test-mcore-latest``), where ``torch.cuda.is_available()`` is False as well.
 
 Usage::
 
@@ -71,15 +75,18 @@ def enable() -> None:
     """Patch the process-wide CUDA assumptions of megatron-core for a CPU-only run (idempotent).
 
     Patches ``torch.cuda.current_device`` (→ ``"cpu"``), ``torch.cuda.synchronize`` (→ no-op),
-    megatron-core's default causal mask (→ built on CPU) and its CUDA RNG state save/restore used by
-    activation recomputation (→ no-ops), and flushes denormals to zero. Does nothing
-    when CUDA is available.
+    ``torch.cuda.current_stream`` (→ ``torch.cpu.current_stream``), megatron-core's default causal mask
+    (→ built on CPU) and its CUDA RNG state save/restore used by activation recomputation (→ no-ops),
+    and flushes denormals to zero. Does nothing when CUDA is available.
     """
     global _ENABLED
     if _ENABLED or cuda_available():
         return
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
+    # megatron-core >= 0.19 waits on CUDA-graph events of the current stream before every gradient
+    # reduce (``_ParamAndGradBucketGroup.start_grad_sync``): torch's CPU stream stub has no-op waits.
+    torch.cuda.current_stream = torch.cpu.current_stream  # type: ignore[assignment]
     torch.set_flush_denormal(True)
 
     import megatron.core.fusions.fused_softmax as fused_softmax

@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from megasynth.utils import MegasynthError, atomic_path
+from megasynth.utils import MegasynthError, atomic_path, read_json
 
 logger = logging.getLogger("megasynth.train")
 
@@ -207,13 +207,23 @@ def read_common(path: str | Path) -> dict:
     """The common (rank-0) values of a checkpoint directory: ``iteration``, ``consumed_samples``, …
 
     Raises:
-        MegasynthError: not a dist_checkpointing directory.
+        MegasynthError: not a dist_checkpointing directory; a checkpoint in megatron-core >= 0.19's layout
+            read with an older megatron-core.
     """
+    import megatron.core
     from megatron.core import dist_checkpointing
+    from packaging.version import Version
 
     path = Path(path)
     if not (path / "metadata.json").is_file():
         raise MegasynthError(f"{path}: not a checkpoint directory (no metadata.json)")
+    # megatron-core 0.19 keeps the common values inside the torch_dist shards: no common.pt, and its
+    # metadata.json names no common_backend. It still reads the older layout; releases before it cannot
+    # read the new one (they look for common.pt).
+    if (Version(megatron.core.__version__) < Version("0.19") and not (path / "common.pt").exists()
+            and "common_backend" not in read_json(path / "metadata.json")):
+        raise MegasynthError(f"{path}: written by megatron-core >= 0.19 (no common.pt); megatron-core "
+                             f"{megatron.core.__version__} cannot read it (install megatron-core>=0.19, Python 3.12)")
     return dist_checkpointing.load_common_state_dict(str(path))
 
 
