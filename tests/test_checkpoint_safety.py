@@ -192,8 +192,8 @@ def _zero_shard(ckpt: Path) -> None:
     (ckpt / "__0_0.distcp").write_bytes(b"")
 
 
-def _garble_shard(ckpt: Path) -> None:  # same size, every byte zero: passes the cheap check, fails to load
-    shard = ckpt / "__0_1.distcp"
+def _garble_shard(ckpt: Path) -> None:  # same size, every byte zero: passes the size check, fails to load
+    shard = max(ckpt.glob("*.distcp"), key=lambda p: p.stat().st_size)
     shard.write_bytes(b"\0" * shard.stat().st_size)
 
 
@@ -201,7 +201,8 @@ DAMAGES = {
     "no-metadata": (lambda c: (c / "metadata.json").unlink(), "metadata.json missing"),
     "empty-shard": (_zero_shard, "shard __0_0.distcp is 0 bytes, the index needs"),
     "no-common": (lambda c: (c / "common.pt").unlink(), "common.pt missing"),
-    "bad-bytes": (_garble_shard, "failed to load"),
+    # megatron-core 0.19 reads the common state from the shards: the cheap check may already fail there.
+    "bad-bytes": (_garble_shard, ("failed to load", "common state unreadable")),
 }
 
 
@@ -211,6 +212,8 @@ def test_damaged_newest_checkpoint_falls_back_bitwise(study, name):
     cfg, layout, _, killed_at = study
     damage, reason = DAMAGES[name]
     run = _copy_killed(layout, name)
+    if name == "no-common" and not (run / "checkpoints" / f"iter_{killed_at:07d}" / "common.pt").exists():
+        pytest.skip("megatron-core >= 0.19 keeps the common state in the shards (no common.pt)")
     newest, older = f"iter_{killed_at:07d}", f"iter_{killed_at - SAVE:07d}"
     damage(run / "checkpoints" / newest)
     with _Warnings() as log:
@@ -218,7 +221,8 @@ def test_damaged_newest_checkpoint_falls_back_bitwise(study, name):
     assert summary["resumed_from"] == killed_at - SAVE
     warning = [m for m in log.messages if "skipped" in m]
     assert len(warning) == 1 and f"resuming from {older}" in warning[0], warning
-    assert f"{newest} (" in warning[0] and reason in warning[0], warning
+    reasons = reason if isinstance(reason, tuple) else (reason,)
+    assert f"{newest} (" in warning[0] and any(r in warning[0] for r in reasons), warning
     # The damaged checkpoint was moved aside, not deleted; the run then saved that step again.
     assert (run / ".attempt-1" / "checkpoints" / newest).is_dir()
     assert sorted(p.name for p in (run / "checkpoints").glob("iter_*")) == [f"iter_{s:07d}" for s in (2, 4, 6, 8)]
@@ -234,14 +238,14 @@ def test_no_readable_checkpoint_is_a_one_line_error_and_nothing_changes(study, c
     run = _copy_killed(layout, "none-readable")
     for step in range(SAVE, killed_at + 1, SAVE):
         _zero_shard(run / "checkpoints" / f"iter_{step:07d}")
-    (run / "checkpoints" / "iter_0000002" / "common.pt").unlink()
+    (run / "checkpoints" / "iter_0000002" / "metadata.json").unlink()
     before = _tree(run)
     assert launch.main([str(study_file), "--mixture", "none-readable"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"megasynth: error: {run / 'checkpoints'}: no readable checkpoint (")
     assert f"iter_{killed_at:07d}: shard __0_0.distcp is 0 bytes" in err[0]
-    assert "iter_0000002: common.pt missing" in err[0]
+    assert "iter_0000002: metadata.json missing" in err[0]
     assert _tree(run) == before  # nothing deleted, moved or rewritten
 
 
@@ -284,7 +288,7 @@ def test_keep_last_checkpoints(study, tmp_path):
     # Never the newest readable one, never the one latest_checkpointed_iteration.txt names, nothing newer.
     root = tmp_path / "checkpoints"
     shutil.copytree(layout.run_dir("ref") / "checkpoints", root)
-    (root / "iter_0000008" / "common.pt").unlink()  # the recorded newest is damaged
+    (root / "iter_0000008" / "metadata.json").unlink()  # the recorded newest is damaged
     assert [p.name for p in prune_checkpoints(root, 1)] == ["iter_0000004", "iter_0000002"]
     assert sorted(p.name for p in root.glob("iter_*")) == ["iter_0000006", "iter_0000008"]
     shutil.rmtree(root)

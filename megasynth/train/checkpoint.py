@@ -306,10 +306,10 @@ def check_checkpoint(path: str | Path) -> Optional[str]:
     """Why the checkpoint directory ``path`` cannot be resumed from, or None when it looks whole.
 
     Cheap (reads no tensor data): ``metadata.json`` is a dist_checkpointing config
-    (``maybe_load_config``); ``common.pt`` loads (``load_common_state_dict``) and holds a full checkpoint
-    (``opt_param_scheduler``) whose ``iteration`` is the directory's step; for the ``torch_dist`` backend,
-    torch DCP's ``.metadata`` loads and every file it names exists and is at least as long as the last
-    byte range it names there. A directory that passes can still fail to load (bytes corrupted inside a
+    (``maybe_load_config``); ``common.pt`` exists where the layout has one (megatron-core < 0.19); for the
+    ``torch_dist`` backend, torch DCP's ``.metadata`` loads and every file it names exists and is at least
+    as long as the last byte range it names there; the common state loads (:func:`read_common`) and holds
+    a full checkpoint (``opt_param_scheduler``) whose ``iteration`` is the directory's step. A directory that passes can still fail to load (bytes corrupted inside a
     shard): :func:`resume_or_restart` then falls back to an older one.
 
     Returns:
@@ -328,17 +328,10 @@ def check_checkpoint(path: str | Path) -> Optional[str]:
         config = maybe_load_config(str(path))
     except Exception as e:  # any parse error makes the directory unreadable
         return f"metadata.json unreadable ({_one_line(e)})"
-    if not (path / "common.pt").is_file():
+    # Layout of megatron-core < 0.19: common values in common.pt (metadata.json names its common_backend);
+    # 0.19 keeps them inside the torch_dist shards (read_common tells the versions apart).
+    if "common_backend" in read_json(path / "metadata.json") and not (path / "common.pt").is_file():
         return "common.pt missing"
-    try:
-        common = dist_checkpointing.load_common_state_dict(str(path))
-    except Exception as e:  # megatron raises CheckpointingException, torch.load others
-        return f"common.pt unreadable ({_one_line(e)})"
-    if not isinstance(common, dict) or "opt_param_scheduler" not in common:
-        return "weights-only checkpoint (no optimizer state in common.pt)"
-    m = _ITER.fullmatch(path.name)
-    if m and common.get("iteration") != int(m.group(1)):
-        return f"common.pt has iteration {common.get('iteration')!r}, not the directory's step {int(m.group(1))}"
     if config.sharded_backend == "torch_dist":
         from torch.distributed.checkpoint import FileSystemReader
 
@@ -355,6 +348,17 @@ def check_checkpoint(path: str | Path) -> Optional[str]:
                 return f"shard {name} missing"
             if f.stat().st_size < size:
                 return f"shard {name} is {f.stat().st_size} bytes, the index needs {size}"
+    try:
+        common = read_common(path)
+    except MegasynthError as e:  # e.g. the layout of a newer megatron-core
+        return _one_line(e)
+    except (Exception, *_load_errors()) as e:  # torch DCP's CheckpointException (the 0.19 layout reads
+        return f"common state unreadable ({_one_line(e)})"  # shards here) is a BaseException
+    if not isinstance(common, dict) or "opt_param_scheduler" not in common:
+        return "weights-only checkpoint (no optimizer state in its common state)"
+    m = _ITER.fullmatch(path.name)
+    if m and common.get("iteration") != int(m.group(1)):
+        return f"common state has iteration {common.get('iteration')!r}, not the directory's step {int(m.group(1))}"
     return None
 
 
