@@ -213,7 +213,8 @@ class LossMaskedGPTDataset(GPTDataset):
         tokens = self.dataset
         self.dataset = self.loss_mask_dataset
         try:
-            bits, _ = self._query_document_sample_shuffle_indices(0 if idx is None else idx)
+            # (ids, document ids) in megatron-core 0.16; 0.19 adds per-document lengths
+            bits = self._query_document_sample_shuffle_indices(0 if idx is None else idx)[0]
         finally:
             self.dataset = tokens
         return bits
