@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,7 +120,9 @@ def runs(tmp_path_factory):
            "train.parallel.virtual_pipeline_model_parallel_size=2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert f"tp1to2: resuming from iter_{SAVE:07d}; skipped iter_{STEPS:07d} (rank 0: failed to load (" in proc.stderr
+    # megatron-core < 0.19 finds the zeroed shards at load; 0.19 reads its common state from them first.
+    assert re.search(rf"tp1to2: resuming from iter_{SAVE:07d}; skipped iter_{STEPS:07d} "
+                     r"\((rank 0: failed to load|common state unreadable) \(", proc.stderr), proc.stderr[-3000:]
 
     shutil.copytree(layout.run_dir("tp2"), layout.run_dir("tp2to1"))
     _truncate_to(layout.run_dir("tp2to1"), SAVE)
