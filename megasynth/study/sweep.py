@@ -181,6 +181,18 @@ def plan_vocab_size(cfg: StudyConfig, layout: Optional[StudyLayout] = None) -> t
     return 128_256, "Llama-3 tokenizer" if t.type == "llama3" else "assumed (Llama-3's; tokenizer not read)"
 
 
+def run_flops(run: RunConfig, vocab_size: int) -> float:
+    """Training FLOPs the run computes itself: its own steps (a WSD branch: only its cooldown) × tokens per step ×
+    :meth:`~megasynth.model.presets.LlamaShape.train_flops_per_token` with the vocabulary padded as the model's."""
+    from megasynth.model.presets import PRESETS, padded_vocab_size
+
+    t = run.train
+    per_token = PRESETS[run.model.preset].train_flops_per_token(
+        t.seq_length, padded_vocab_size(vocab_size, t.parallel.tensor_model_parallel_size))
+    start = t.branch_from.step if t.branch_from else 0
+    return (t.train_iters - start) * t.tokens_per_step * per_token
+
+
 def _source_and_ratio(run: RunConfig) -> tuple[str, float]:
     return "+".join(run.synthetic_sources), round(run.synthetic_ratio, 12)
 
@@ -221,7 +233,7 @@ def plan_table(cfg: StudyConfig, layout: Optional[StudyLayout] = None, tflops_pe
         rows.append({"run_id": run.run_id, "preset": run.model.preset, "n_params": shape.total_params(padded),
                      "n_params_non_embedding": shape.non_embedding_params(), "mixture": run.mixture.name,
                      "synthetic_source": src, "ratio": ratio, "seed": t.seed, "tokens": t.train_tokens,
-                     "train_iters": t.train_iters, "flops": (t.train_iters - start) * t.tokens_per_step * per_token,
+                     "train_iters": t.train_iters, "flops": run_flops(run, vocab),
                      "start_step": start, "branch_of": t.branch_from.run_id if t.branch_from else ""})
         flops_separate += t.train_tokens * per_token
     trained = sum((r["train_iters"] - r["start_step"]) * run.train.tokens_per_step for r, run in zip(rows, runs))

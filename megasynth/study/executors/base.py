@@ -1,7 +1,8 @@
 """The executor interface, and the pool of subprocess slots that the ``local`` and ``torchrun`` executors share.
 
 A task (:class:`~megasynth.study.sweep.SweepTask`) is an ordered list of run ids whose run files
-(``runs/<run_id>/run.yaml``) exist. A slot runs one task at a time, its runs one after another, each as a
+(``runs/<run_id>/run.yaml``) exist. Tasks start longest first (their runs' FLOPs; Graham's LPT rule, so the
+slots finish close together). A slot runs one task at a time, its runs one after another, each as a
 subprocess (``python -m megasynth.study.launch <run file>``, or that under ``torchrun``) in its own session,
 with its console output appended to ``logs/runs/<run_id>.log``. Complete runs are skipped without starting a
 process. A run that fails is recorded (the launcher writes ``runs/<run_id>/error.json``; when it died
@@ -83,8 +84,14 @@ class SubprocessExecutor(Executor):
 
     # ------------------------------------------------------------------ the pool
     def run(self, tasks: list["SweepTask"], layout: StudyLayout, cfg: StudyConfig) -> None:
+        from megasynth.study.sweep import plan_vocab_size, run_flops
+
         runs = {r.run_id: r for r in _runs_of(layout, tasks)}
         todo = [t for t in tasks if not all(is_done(layout.run(i).summary) for i in t.run_ids)]
+        # Longest tasks first (LPT), so the slots finish together: cost = the FLOPs of the runs not done.
+        vocab = plan_vocab_size(cfg, layout)[0]
+        todo.sort(key=lambda t: -sum(run_flops(runs[i], vocab) for i in t.run_ids
+                                     if i in runs and not is_done(layout.run(i).summary)))
         total = sum(len(t.run_ids) for t in tasks)
         self.outcome: dict[str, str] = {i: "done" for t in tasks for i in t.run_ids
                                         if is_done(layout.run(i).summary)}
