@@ -169,7 +169,7 @@ def _status(args, argv) -> int:
     header = ["run", "state", "step", "last loss", "wall", "error"]
     body = [[r["run_id"], r["state"], f"{r['step'] if r['step'] is not None else 0}/{r['total']}",
              f"{r['last_loss']:.4f}" if isinstance(r["last_loss"], (int, float)) else "",
-             _fmt_wall(r["wall_s"]), r["error"][:120]] for r in rows]
+             _fmt_wall(r["wall_s"]), r["error"]] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     out += ["  ".join(v.ljust(w) for v, w in zip(b, widths)).rstrip() for b in body]
