@@ -1,4 +1,8 @@
-"""The report stage: data-law fits per (mixture, eval set), a markdown report and PNG plots.
+"""The report stage: data-law fits per (mixture, preset, eval set), a markdown report and PNG plots.
+
+Fits use the rows at the end of a run's schedule (``schedule_complete``,
+:func:`megasynth.analysis.results.complete_rows`) and every seed's point; plots show the mean over seeds with
+the standard deviation as error bars.
 
 Reads ``results.csv`` (and ``mixtures/<mix>.json`` when present, for realised shares, epochs and
 warnings); writes

@@ -1,13 +1,20 @@
 """Report sections beyond the data law, rendered when the results support them.
 
+The rows given are those at the end of a schedule (``schedule_complete``; every seed's).
+
 * **Chinchilla L(N, D)** — when the results hold ≥ 2 model sizes (per mixture and eval set, ≥ 5
-  points): :func:`~megasynth.analysis.chinchilla.fit_chinchilla` on the full 4,500-start grid, with
-  the compute-optimal allocation; ``fits/chinchilla_law.json``, ``report/chinchilla.png``.
+  points): :func:`~megasynth.analysis.chinchilla.fit_chinchilla` on the full 4,500-start grid, bootstrap over
+  runs, with the compute-optimal allocation; ``fits/chinchilla_law.json``, ``report/chinchilla.png``; then the
+  **compute-optimal frontier** N_opt(C), D_opt(C) per mixture (Hoffmann et al. 2022 eq. 4),
+  ``report/compute_optimal.png``.
 * **Compute efficiency vs the natural baseline** — each mixture with ≥ 3 budgets against the
   all-natural mixture of the same preset and eval set (data-law method); ``fits/efficiency.json``,
   ``report/speedup.png``.
 * **Optimal ratio** — when ≥ 3 distinct synthetic ratios share a (preset, budget, eval set):
-  ``fits/optimal_ratio.json``, ``report/optimal_ratio.png``.
+  ``fits/optimal_ratio.json``, ``report/optimal_ratio.png``; with several budgets or presets the optimum
+  against D and N per synthetic source (the study's headline plot), ``report/optimal_ratio_trend_<source>.png``.
+* **Seed spread** — with ≥ 2 seeds: the standard deviation of the loss over seeds at each budget point,
+  summarised per (preset, eval set).
 * **Unigram statistics** — rendered from ``fits/unigrams.json`` if ``megasynth analyze unigrams
   --out <study>/fits/unigrams.json`` wrote one.
 """

@@ -5,7 +5,8 @@ A run is a :class:`~megasynth.config.RunConfig` (planned from a study by
 Following Megatron-LM's ``pretrain_gpt.py`` with megatron-core parts:
 
 1. data: the mixture's blend (``mixtures/<mix>.json``) → :func:`megasynth.data.datasets.build_gpt_datasets`
-   with ``train_iters * global_batch_size`` samples; each eval set (``tokenized/<name>_text_document``)
+   with ``train.data_samples`` samples (default ``train_iters * global_batch_size``; the run reads that many
+   from the start, or from its branch point); each eval set (``tokenized/<name>_text_document``)
    → ``eval_iters * micro_batch_size`` fixed samples (the same set at any DP size: each DP rank
    evaluates ``eval_iters / dp`` micro batches of it).
 2. model, optimizer, schedule and steps: :mod:`megasynth.train.step`.
@@ -25,6 +26,12 @@ PP=2 runs follow the one-process loss curve up to float reduction order.
 Identity: ``run.yaml`` is written when the run starts. A run directory whose ``run.yaml`` differs in a field
 that changes the loss curve (:meth:`RunConfig.identity`) is refused with the field named, complete or not;
 the parallel layout, checkpoint interval and logging may change between attempts.
+
+Branches (``train.branch_from``, a WSD cooldown branch of a sweep): a run that has no checkpoint of its own
+starts from the checkpoint of another run at ``branch_from.step`` (model, optimizer, RNG; consumed samples
+checked) with its own LR schedule advanced to that step, after :func:`check_branch` found that it continues
+that run (same model, data order, batch and optimizer; the same LR at every step up to the branch point).
+Its ``metrics.jsonl`` and ``evals.jsonl`` start at ``branch_from.step + 1``; its later checkpoints are its own.
 
 Resume: a run whose marker exists is skipped; a run directory without it but with a checkpoint resumes
 from its newest readable checkpoint (any TP/PP layout; bitwise the same losses on CPU with an unchanged
@@ -315,7 +322,8 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     Writes ``runs/<run_id>/run.yaml`` when it starts, then ``tb/``, ``checkpoints/``, ``metrics.jsonl``,
     ``evals.jsonl`` and ``summary.json``, marking ``summary.json`` done last. A run directory without the
     marker resumes from its latest full checkpoint (rows of ``metrics.jsonl``/``evals.jsonl`` after it are
-    dropped) or, without one, is wiped first. Call on every rank under ``torchrun``.
+    dropped) or, without one, has its old outputs moved to ``.attempt-N/`` and starts from step 0, or from
+    ``train.branch_from`` (another run's checkpoint). Call on every rank under ``torchrun``.
 
     Returns:
         The ``summary.json`` record: ``run_id``, ``mixture``, ``preset``, ``n_params``,
@@ -323,12 +331,14 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
         (nats/token), ``tokens_per_s`` (training tokens per second of optimizer steps), ``wall_s`` (this
         invocation plus the training seconds of steps before a resume), ``synthetic_ratio``; plus
         ``padded_vocab_size``, ``train_iters``, ``final_eval_loss`` (``{eval_set: loss}``), ``parallel``
-        (tp/pp/dp/vpp), ``tflops_per_device``, ``mfu`` (None without a peak), ``resumed_from`` (step or None).
+        (tp/pp/dp/vpp), ``tflops_per_device``, ``mfu`` (None without a peak), ``resumed_from`` (step or None),
+        ``branch_from`` (``{run_id, step}`` or None), ``seed``, ``schedule`` (``cosine`` … ``wsd``).
 
     Raises:
         MegasynthError: a changed setting of an existing run (:func:`check_run_dir`), missing
             mixture/tokenized files, bad parallel sizes, a checkpoint of a run with different settings,
-            recorded checkpoints none of which is readable.
+            recorded checkpoints none of which is readable, a branch that does not continue its source run
+            (:func:`check_branch`) or whose source has no checkpoint at the branch step.
         TrainingInterrupted: SIGTERM/SIGUSR1 arrived; a checkpoint was saved and a rerun resumes from it.
     """
     import torch.distributed as dist

@@ -95,6 +95,9 @@ class SubprocessExecutor(Executor):
         total = sum(len(t.run_ids) for t in tasks)
         self.outcome: dict[str, str] = {i: "done" for t in tasks for i in t.run_ids
                                         if is_done(layout.run(i).summary)}
+        """Run id -> ``done``, ``failed`` or ``interrupted`` (complete runs: ``done``)."""
+        self.walls: dict[str, float] = {}
+        """Run id -> wall seconds of its launcher process in this invocation."""
         if len(self.outcome):
             logger.info("%d of %d runs complete, skipped", len(self.outcome), total)
         if not todo:
@@ -189,6 +192,7 @@ class SubprocessExecutor(Executor):
     def _done(self, run_id: str, state: str, wall: float, why: str) -> None:
         with self._lock:
             self.outcome[run_id] = state
+            self.walls[run_id] = wall
             self._finished += 1
             n, total = self._finished, self._to_run
             elapsed = time.monotonic() - self._start
