@@ -240,3 +240,18 @@ def test_status_reads_run_directories_only(tmp_path):
     s = run_state(files, 10)
     assert (s["state"], s["error"]) == ("failed", "train.x: bad")
     assert json.loads(files.attempt.read_text())["exit_code"] == 2
+
+
+def test_executors_split_the_machine():
+    from megasynth.config import ExecutorConfig
+    from megasynth.study.executors import make_executor
+    from megasynth.study.executors.base import available_cpus
+
+    local = make_executor(ExecutorConfig(type="local", jobs=2))
+    assert local.slots() == 2 and local.command(Path("runs/x/run.yaml")) == [
+        sys.executable, "-m", "megasynth.study.launch", "runs/x/run.yaml"]
+    assert local.environ(1)["OMP_NUM_THREADS"] == str(max(1, available_cpus() // 2))
+    tr = make_executor(ExecutorConfig(type="torchrun", jobs=2, nproc_per_node=4))
+    assert tr.command(Path("r.yaml")) == [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                          "--nproc-per-node", "4", "-m", "megasynth.study.launch", "r.yaml"]
+    assert tr.environ(1)["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"  # slot 1 of 2 on an 8-GPU node
