@@ -4,7 +4,8 @@
   and the epochs of each synthetic source its largest run implies (:func:`megasynth.study.sweep.plan_table`);
   reads no data and trains nothing.
 - ``sweep run``: the data stages once for the whole study (corpora, generate, preprocess, mix: the stage
-  registry, skipping complete ones), the run files of every planned run, every task through the executor
+  registry, skipping complete ones; in a child process, so the generator's memory is freed before training),
+  the run files of every planned run, every task through the executor
   (complete runs skipped, failed runs recorded in ``runs/<run_id>/error.json`` without stopping the others),
   then ``evaluate`` and ``report`` over the finished runs. Running it again retries only what is not done.
   Exit status 1 when some run failed (the table of ``sweep status`` names them).
@@ -78,6 +79,8 @@ def main(argv: list[str]) -> int:
         return handler(args, argv)
     except MegasynthError as e:
         return cli_error(e)
+    except _ChildFailed as e:
+        return e.code
     except KeyboardInterrupt:
         print("megasynth: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
@@ -126,8 +129,7 @@ def _run(args, argv) -> int:
             check_run_dir(run, layout.run(run.run_id))
     layout = prepare_study_dir(cfg, args.study)
     record_invocation(layout, cfg, "sweep-run", ["sweep", "run", *argv[2:]], overrides, args.study)
-    for stage in ("corpora", "generate", "preprocess", "mix"):
-        run_stage(stage, cfg, layout, alone=False)
+    _data_stages(args.study, overrides)
     complete = write_run_files(runs, layout)
     log.info("sweep: %d runs in %d tasks (%d complete), executor %s", len(runs), len(tasks), len(complete),
              cfg.sweep.executor.type)
@@ -144,6 +146,53 @@ def _run(args, argv) -> int:
         log.error("failed runs (see `megasynth sweep status`): %s", ", ".join(failed))
         return 1
     return 0
+
+
+DATA_STAGES = ("corpora", "generate", "preprocess", "mix")
+
+
+def _run_data_stages(study: str, overrides: list[str]) -> None:  # in the child process
+    from megasynth.config import StudyConfig
+    from megasynth.layout import StudyLayout
+    from megasynth.study.runner import run_stage
+    from megasynth.utils import setup_logging
+
+    setup_logging()
+    try:
+        cfg = StudyConfig.from_yaml(study, overrides)
+        for stage in DATA_STAGES:
+            run_stage(stage, cfg, StudyLayout.of(cfg.study_dir), alone=False)
+    except MegasynthError as e:
+        sys.exit(cli_error(e))
+
+
+def _data_stages(study: str, overrides: list[str]) -> None:
+    """Run the data stages (:data:`DATA_STAGES`, skipping complete ones) once for the whole study, in a child
+    process, so the memory of the generator (vLLM) is returned before the runs start.
+
+    Raises:
+        MegasynthError: a stage failed (its one-line error was printed by the child).
+    """
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=_run_data_stages, args=(study, overrides),
+                                                        name="megasynth-data-stages")
+    proc.start()
+    try:
+        proc.join()
+    except KeyboardInterrupt:
+        proc.join()
+        raise
+    if proc.exitcode != 0:
+        raise _ChildFailed(2 if proc.exitcode == 2 else 1)
+
+
+class _ChildFailed(Exception):
+    """The data stages' child process failed; it printed why (exit status :attr:`code`)."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
 def status_rows(cfg, layout) -> list[dict]:
