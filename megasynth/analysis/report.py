@@ -191,7 +191,8 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
                        key=lambda e: (cfg.eval_sets.index(e) if e in cfg.eval_sets else len(cfg.eval_sets), e))
 
     # Fits use the rows at the end of a schedule (schedule_complete) when the table says which those are.
-    fit_rows, complete_note = complete_rows(rows)
+    fit_rows, complete_note = (complete_rows(rows) if cfg.report.schedule_complete_only else
+                               (rows, "report.schedule_complete_only: false, every evaluation is used"))
     # (label, eval_set) -> budgets and losses of every seed (finite loss, D > 0; per run and budget the last row)
     by_series = {(s.mixture, s.preset): s for s in series}
     points: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}

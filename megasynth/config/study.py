@@ -26,6 +26,10 @@ class ReportConfig:
     """Objective on log L: Huber (Hoffmann et al. 2022) or plain least squares."""
     huber_delta: float = 1e-3
     """Huber δ on log-loss residuals (Hoffmann et al. 2022 use 1e-3)."""
+    schedule_complete_only: bool = True
+    """Fit only the evaluations at the end of a run's schedule (``schedule_complete`` in ``results.csv``): a
+    budget point where the LR had not yet decayed overstates the loss of a run of that budget (Hoffmann et al.
+    2022 §3; Hägele et al. 2024). ``false``: fit every evaluation."""
 
     def validate(self, where: str = "report") -> None:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""
