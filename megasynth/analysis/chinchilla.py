@@ -289,6 +289,8 @@ class ChinchillaFit:
             return {"N_opt": (float("nan"),) * 2, "D_opt": (float("nan"),) * 2}
         vals = np.array([compute_optimal(bp, C) for bp in self.boot_params
                          if bp["alpha"] > 0 and bp["beta"] > 0], dtype=np.float64)
+        if len(vals) < 2:  # too few resamples with an interior optimum
+            return {"N_opt": (float("nan"),) * 2, "D_opt": (float("nan"),) * 2}
         q = (1 - self.ci_level) / 2
         return {"N_opt": (float(np.quantile(vals[:, 0], q)), float(np.quantile(vals[:, 0], 1 - q))),
                 "D_opt": (float(np.quantile(vals[:, 1], q)), float(np.quantile(vals[:, 1], 1 - q)))}

@@ -35,6 +35,8 @@ def _table_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--ci-level", type=float, default=0.95, help="two-sided interval level (default 0.95)")
     p.add_argument("--out", help="output JSON (default: beside the table under fits/)")
+    p.add_argument("--all-rows", action="store_true", help="also fit evaluations before the end of a run's "
+                   "schedule (by default, a table with a schedule_complete column is fitted on its true rows)")
     p.add_argument("-v", "--verbose", action="store_true", help="progress logging")
 
 
@@ -115,6 +117,23 @@ def _fmt_ci(v, ci) -> str:
     return f"{v:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
+def _rows(df, args):
+    """The rows to fit: those with ``schedule_complete`` true when the table has the column (a budget point
+    evaluated before its run's LR decayed is not one), unless ``--all-rows``."""
+    import logging
+
+    if args.all_rows or "schedule_complete" not in df.columns or df["schedule_complete"].isna().all():
+        return df  # no column, or a column with no values (a table written before it existed)
+    keep = df["schedule_complete"].astype(str).str.lower() == "true"
+    if not keep.any():
+        raise MegasynthError(f"{args.table}: no row has schedule_complete true (use --all-rows to fit them all)")
+    logging.getLogger("megasynth.analysis").info("%s: %d of %d rows are at the end of a schedule (schedule_complete); "
+                                                 "fitting those (--all-rows: all)", args.table, int(keep.sum()), len(df))
+    out = df[keep].copy()
+    out.attrs.update(df.attrs)
+    return out
+
+
 def _cmd_fit(args) -> None:
     from megasynth.analysis.chinchilla import CHINCHILLA_GRID
     from megasynth.analysis.fit_table import fit_table
@@ -123,7 +142,7 @@ def _cmd_fit(args) -> None:
     out = Path(args.out) if args.out else _default_out(args.table, f"{args.law}_law_fit")
     png = Path(args.png) if args.png else out.with_suffix(".png")
     grid = CHINCHILLA_GRID if args.grid == "full" else CHINCHILLA_GRID[::62]
-    res = fit_table(load_table(args.table), args.law, d_col=args.d_col, loss_col=args.loss_col, n_col=args.n_col,
+    res = fit_table(_rows(load_table(args.table), args), args.law, d_col=args.d_col, loss_col=args.loss_col, n_col=args.n_col,
                     group_by=args.group_by, flops_col=args.tokens_from_flops, run_col=args.run_col,
                     n_bootstrap=args.bootstrap, seed=args.seed, ci_level=args.ci_level, delta=args.delta,
                     loss=args.loss, extrapolate_cut=args.extrapolate_cut, min_points=args.min_points, grid=grid,
@@ -176,7 +195,7 @@ def _cmd_analyze(args) -> None:
                   f"{p['token_coverage']:.2%}, KL = {p['kl_nats']:.4f} nats (smoothing {args.smoothing})")
         print(f"wrote {args.out}")
         return
-    df = load_table(args.table)
+    df = _rows(load_table(args.table), args)
     if args.analysis == "optimal-ratio":
         res = mixtures.optimal_ratio_table(df, ratio_col=args.ratio_col, loss_col=args.loss_col,
                                            group_by=args.group_by, curve=args.curve, n_bootstrap=args.bootstrap,

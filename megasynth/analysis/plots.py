@@ -35,12 +35,14 @@ def _save(fig: Figure, path: Path) -> None:
 
 def plot_loss_vs_tokens(path: Path, labels: list[str], eval_sets: list[str],
                         points: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
-                        curves: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]], title: str) -> None:
+                        curves: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]], title: str,
+                        spread: dict[tuple[str, str], np.ndarray] | None = None) -> None:
     """One panel per eval set; one line per series: measured loss vs tokens (log x), fit dashed.
 
     Args:
         points: ``(label, eval_set) -> (D [n] tokens, L [n] nats)``, sorted by D.
         curves: ``(label, eval_set) -> predict(D)`` of the fitted law, drawn over the fitted D range.
+        spread: ``(label, eval_set) -> [n]`` error bars (standard deviation over seeds, nats) at ``points``.
     """
     ncols = min(len(eval_sets), 3)
     nrows = math.ceil(len(eval_sets) / ncols)
@@ -53,6 +55,9 @@ def plot_loss_vs_tokens(path: Path, labels: list[str], eval_sets: list[str],
                 continue
             D, L = points[(lab, es)]
             ax.plot(D, L, "o-", color=colors[lab], lw=1.6, ms=4, label=lab)
+            err = (spread or {}).get((lab, es))
+            if err is not None and np.any(err > 0):
+                ax.errorbar(D, L, yerr=err, fmt="none", ecolor=colors[lab], elinewidth=1.0, capsize=3)
             if (lab, es) in curves and len(D):
                 grid = np.geomspace(D.min(), D.max(), 100)
                 ax.plot(grid, curves[(lab, es)](grid), "--", color=colors[lab], lw=1.2, alpha=0.9)
@@ -200,4 +205,60 @@ def plot_rank_frequency(path: Path, dists: dict[str, np.ndarray], title: str) ->
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_frontier(path: Path, curves: list[dict], title: str) -> None:
+    """Compute-optimal allocation: N_opt(C) (left) and D_opt(C) (right), log-log, one line per fit.
+
+    Args:
+        curves: dicts with ``label``, ``C [m]`` (FLOPs), ``N [m]`` (parameters), ``D [m]`` (tokens), optional
+            ``points`` ``(C [n], N [n], D [n])`` of the trained runs (drawn as markers).
+    """
+    fig = Figure(figsize=(10.5, 4.4), layout="constrained")
+    ax_n, ax_d = fig.subplots(1, 2)
+    colors = _colors([c["label"] for c in curves])
+    for c in curves:
+        col = colors[c["label"]]
+        ax_n.plot(c["C"], c["N"], "-", color=col, lw=1.4, label=c["label"])
+        ax_d.plot(c["C"], c["D"], "-", color=col, lw=1.4, label=c["label"])
+        if c.get("points") is not None:
+            pc, pn, pd = c["points"]
+            ax_n.plot(pc, pn, "o", color=col, ms=3, alpha=0.6)
+            ax_d.plot(pc, pd, "o", color=col, ms=3, alpha=0.6)
+    for ax, what in ((ax_n, "N_opt (parameters)"), (ax_d, "D_opt (tokens)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training FLOPs C = 6ND")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_n.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_ratio_trend(path: Path, panels: list[dict], title: str) -> None:
+    """The optimal synthetic ratio against D (left) and against N (right), with interval whiskers.
+
+    Args:
+        panels: two dicts (``xlabel``, ``lines``), each line a dict with ``label``, ``x [n]``, ``y [n]``
+            (optimal ratio), ``lo [n]``, ``hi [n]`` (interval; NaN: none).
+    """
+    fig = Figure(figsize=(10.5, 4.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        colors = _colors([ln["label"] for ln in panel["lines"]])
+        for ln in panel["lines"]:
+            x, y = np.asarray(ln["x"], dtype=np.float64), np.asarray(ln["y"], dtype=np.float64)
+            lo, hi = np.asarray(ln["lo"], dtype=np.float64), np.asarray(ln["hi"], dtype=np.float64)
+            err = np.vstack([np.where(np.isfinite(lo), y - lo, 0), np.where(np.isfinite(hi), hi - y, 0)])
+            ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt="o-", color=colors[ln["label"]], ms=4, lw=1.4,
+                        capsize=3, label=ln["label"])
+        ax.set_xscale("log")
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel("optimal synthetic ratio")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)

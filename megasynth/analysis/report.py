@@ -1,4 +1,8 @@
-"""The report stage: data-law fits per (mixture, eval set), a markdown report and PNG plots.
+"""The report stage: data-law fits per (mixture, preset, eval set), a markdown report and PNG plots.
+
+Fits use the rows at the end of a run's schedule (``schedule_complete``,
+:func:`megasynth.analysis.results.complete_rows`) and every seed's point; plots show the mean over seeds with
+the standard deviation as error bars.
 
 Reads ``results.csv`` (and ``mixtures/<mix>.json`` when present, for realised shares, epochs and
 warnings); writes
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from megasynth.analysis.laws import DataLaw, DataLawFit, fit_data_law
-from megasynth.analysis.results import ResultRow, read_results
+from megasynth.analysis.results import ResultRow, complete_rows, read_results
 from megasynth.config import StudyConfig
 from megasynth.layout import StudyLayout
 from megasynth.utils import (MegasynthError, Progress, atomic_path, is_done, mark_done, marker_path, read_json,
@@ -40,7 +44,7 @@ from megasynth.utils import (MegasynthError, Progress, atomic_path, is_done, mar
 
 logger = logging.getLogger("megasynth.analysis")
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 """Bumped when the report's content or format changes, so reruns regenerate old reports."""
 
 LOSS_PLOT = "loss_vs_tokens.png"
@@ -49,7 +53,7 @@ BAR_PLOT = "final_loss.png"
 
 @dataclass(frozen=True)
 class Series:
-    """Results of one trained model: a mixture at a preset (one run today)."""
+    """Results of a mixture at a preset: one run per budget point and seed (all seeds are pooled in fits)."""
 
     mixture: str
     preset: str
@@ -88,7 +92,7 @@ def _table(header: list[str], rows: list[list[str]], align: list[str] | None = N
 # --------------------------------------------------------------------------------------------------
 def _mixture_info(cfg: StudyConfig, layout: StudyLayout, names: list[str]) -> dict[str, dict]:
     """Requested sources (config) and, if the mix stage ran, realised shares, epochs and warnings."""
-    requested = {m.name: dict(m.sources) for m in cfg.mixtures}
+    requested = {m.name: dict(m.sources) for m in cfg.all_mixtures}
     info = {}
     for name in names:
         path = layout.mixture(name)
@@ -105,7 +109,7 @@ def natural_baseline(cfg: StudyConfig, mixtures: list[str]) -> str | None:
     """The all-natural mixture to compare against: every source with a positive share is a natural
     corpus. Prefers one named ``natural``; else the first such mixture in study order; None if none."""
     natural = set(cfg.natural_sources)
-    sources = {m.name: m.sources for m in cfg.mixtures}
+    sources = {m.name: m.sources for m in cfg.all_mixtures}
     cands = [m for m in mixtures if m in sources and all(s in natural for s, r in sources[m].items() if r > 0)]
     if "natural" in cands:
         return "natural"
@@ -113,7 +117,7 @@ def natural_baseline(cfg: StudyConfig, mixtures: list[str]) -> str | None:
 
 
 def _series(cfg: StudyConfig, rows: list[ResultRow]) -> list[Series]:
-    order = {m.name: i for i, m in enumerate(cfg.mixtures)}
+    order = {m.name: i for i, m in enumerate(cfg.all_mixtures)}
     keys = sorted({(r.mixture, r.preset) for r in rows}, key=lambda k: (order.get(k[0], len(order)), k))
     multi = len({p for _, p in keys}) > 1
     return [Series(m, p, f"{m} ({p})" if multi else m) for m, p in keys]
@@ -186,23 +190,32 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     eval_sets = sorted({r.eval_set for r in rows},
                        key=lambda e: (cfg.eval_sets.index(e) if e in cfg.eval_sets else len(cfg.eval_sets), e))
 
-    # (label, eval_set) -> sorted budgets and losses (finite loss, D > 0; last row wins per budget)
+    # Fits use the rows at the end of a schedule (schedule_complete) when the table says which those are.
+    fit_rows, complete_note = (complete_rows(rows) if cfg.report.schedule_complete_only else
+                               (rows, "report.schedule_complete_only: false, every evaluation is used"))
+    # (label, eval_set) -> budgets and losses of every seed (finite loss, D > 0; per run and budget the last row)
     by_series = {(s.mixture, s.preset): s for s in series}
     points: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     dropped: dict[tuple[str, str], int] = defaultdict(int)  # non-finite losses at D > 0
     n_zero = 0  # evaluations before training (D = 0): shown nowhere on a log axis, not fitted
-    raw: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for r in rows:
+    raw: dict[tuple[str, str], dict[tuple[str, int], float]] = defaultdict(dict)
+    for r in fit_rows:
         key = (by_series[(r.mixture, r.preset)].label, r.eval_set)
         if r.tokens == 0:
             n_zero += 1
         elif math.isfinite(r.loss) and r.loss > 0:
-            raw[key][r.tokens] = r.loss
+            raw[key][(r.run, r.tokens)] = r.loss
         else:
             dropped[key] += 1
     for key, d in raw.items():
-        D = np.array(sorted(d), dtype=np.float64)
-        points[key] = (D, np.array([d[int(x)] for x in D]))
+        pts = sorted((tok, loss) for (_, tok), loss in d.items())
+        points[key] = (np.array([p[0] for p in pts], dtype=np.float64), np.array([p[1] for p in pts]))
+    # Mean and standard deviation over seeds (runs) at each budget: what the plots and the final table show.
+    means: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for key, (D, L) in points.items():
+        ud = np.unique(D)
+        means[key] = (ud, np.array([L[D == d].mean() for d in ud]),
+                      np.array([L[D == d].std(ddof=1) if (D == d).sum() > 1 else 0.0 for d in ud]))
 
     # Fits
     fits: dict[tuple[str, str], DataLawFit] = {}
@@ -213,8 +226,8 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
         key = (s.label, es)
         D, L = points.get(key, (np.zeros(0), np.zeros(0)))
         group = {"mixture": s.mixture, "preset": s.preset, "eval_set": es}
-        if len(D) < min_points:
-            skipped.append({**group, "reason": f"{len(D)} budget(s) < report.fit_min_points={min_points}"})
+        if np.unique(D).size < min_points:
+            skipped.append({**group, "reason": f"{np.unique(D).size} budget(s) < report.fit_min_points={min_points}"})
         else:
             try:
                 f = fit_data_law(D, L, **fit_opts)
@@ -240,13 +253,13 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     final: dict[tuple[str, str], float] = {}
     final_tokens: dict[str, int | None] = {}
     for es in eval_sets:
-        sets = [set(points[(lab, es)][0].astype(np.int64).tolist()) for lab in labels if (lab, es) in points]
+        sets = [set(means[(lab, es)][0].astype(np.int64).tolist()) for lab in labels if (lab, es) in means]
         common = set.intersection(*sets) if sets else set()
         final_tokens[es] = max(common) if common else None
         for lab in labels:
-            if (lab, es) not in points:
+            if (lab, es) not in means:
                 continue
-            D, L = points[(lab, es)]
+            D, L, _ = means[(lab, es)]
             idx = int(np.flatnonzero(D == final_tokens[es])[0]) if common else len(D) - 1
             final[(lab, es)] = float(L[idx])
 
@@ -255,8 +268,8 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     title = f"{cfg.name}: held-out loss vs training tokens"
     from megasynth.analysis.plots import plot_final_loss, plot_loss_vs_tokens  # matplotlib only here
 
-    plot_loss_vs_tokens(layout.report_file(LOSS_PLOT), labels, eval_sets, points,
-                        {k: f.predict for k, f in fits.items()}, title)
+    plot_loss_vs_tokens(layout.report_file(LOSS_PLOT), labels, eval_sets, {k: v[:2] for k, v in means.items()},
+                        {k: f.predict for k, f in fits.items()}, title, spread={k: v[2] for k, v in means.items()})
     common = {final_tokens[es] for es in eval_sets}
     at = (f" at D = {_fmt_tokens(common.pop())} tokens" if len(common) == 1 and None not in common else "")
     plot_final_loss(layout.report_file(BAR_PLOT), labels, eval_sets, final, f"{cfg.name}: final held-out loss{at}")
@@ -294,7 +307,9 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     md += ["## Final held-out loss", ""]
     budget_desc = "; ".join(f"`{es}`: D = {_fmt_tokens(final_tokens[es])} tokens" if final_tokens[es] is not None
                             else f"`{es}`: no common budget, each run's last evaluation" for es in eval_sets)
-    md += [f"At the largest budget all runs reached ({budget_desc}). Best per eval set in **bold**. "
+    n_seeds = len({r.seed for r in rows})
+    md += [f"At the largest budget all runs reached ({budget_desc})"
+           + (f", mean over {n_seeds} seeds" if n_seeds > 1 else "") + ". Best per eval set in **bold**. "
            + (f"Δ = loss − loss of the all-natural mixture `{baseline}` (negative = better than natural)."
               if baseline else "No all-natural mixture in the results: no Δ column."), ""]
     header = ["mixture"]
@@ -329,7 +344,8 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     md += ["## Data law L(D) = E + B·D^(−β)", ""]
     level = f"{fit_opts['ci_level']:.0%}"
     objective = f"Huber (δ = {fit_opts['delta']:g})" if fit_opts["loss"] == "huber" else "least squares"
-    md += [f"Fitted per mixture and eval set on the budgets with D > 0 (Hoffmann et al. 2022 eq. 2 at fixed N; "
+    md += [f"Fitted per mixture, preset and eval set on the budgets with D > 0, every seed's point ({complete_note}; "
+           f"Hoffmann et al. 2022 eq. 2 at fixed N; "
            f"Muennighoff et al. 2023): {objective} "
            f"on log L with E ≥ 0 and 0 ≤ β ≤ 3, multi-start trust-region least squares; [{level} CI] = "
            f"percentile bootstrap over points ({fit_opts['n_bootstrap']} resamples, seed {fit_opts['seed']}; "
@@ -360,11 +376,12 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
         md += ["", "Not fitted:", ""]
         md += [f"- `{x['mixture']}` ({x['preset']}) on `{x['eval_set']}`: {x['reason']}" for x in skipped]
     md += ["", f"![loss vs tokens]({LOSS_PLOT})", "",
-           "Solid: measured held-out loss at each evaluation; dashed: fitted data law over the fitted range.", ""]
+           "Solid: measured held-out loss at each fitted budget (mean over seeds, error bars: standard deviation over "
+           "seeds); dashed: fitted data law over the fitted range.", ""]
 
     from megasynth.analysis.report_sections import extra_sections
 
-    extra_md, extra_files = extra_sections(rows, layout, baseline,
+    extra_md, extra_files = extra_sections(fit_rows, layout, baseline,
                                            n_bootstrap=fit_opts["n_bootstrap"], seed=cfg.seed,
                                            ci_level=fit_opts["ci_level"])
     md += extra_md

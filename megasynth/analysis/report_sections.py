@@ -1,13 +1,20 @@
 """Report sections beyond the data law, rendered when the results support them.
 
+The rows given are those at the end of a schedule (``schedule_complete``; every seed's).
+
 * **Chinchilla L(N, D)** — when the results hold ≥ 2 model sizes (per mixture and eval set, ≥ 5
-  points): :func:`~megasynth.analysis.chinchilla.fit_chinchilla` on the full 4,500-start grid, with
-  the compute-optimal allocation; ``fits/chinchilla_law.json``, ``report/chinchilla.png``.
+  points): :func:`~megasynth.analysis.chinchilla.fit_chinchilla` on the full 4,500-start grid, bootstrap over
+  runs, with the compute-optimal allocation; ``fits/chinchilla_law.json``, ``report/chinchilla.png``; then the
+  **compute-optimal frontier** N_opt(C), D_opt(C) per mixture (Hoffmann et al. 2022 eq. 4),
+  ``report/compute_optimal.png``.
 * **Compute efficiency vs the natural baseline** — each mixture with ≥ 3 budgets against the
   all-natural mixture of the same preset and eval set (data-law method); ``fits/efficiency.json``,
   ``report/speedup.png``.
 * **Optimal ratio** — when ≥ 3 distinct synthetic ratios share a (preset, budget, eval set):
-  ``fits/optimal_ratio.json``, ``report/optimal_ratio.png``.
+  ``fits/optimal_ratio.json``, ``report/optimal_ratio.png``; with several budgets or presets the optimum
+  against D and N per synthetic source (the study's headline plot), ``report/optimal_ratio_trend_<source>.png``.
+* **Seed spread** — with ≥ 2 seeds: the standard deviation of the loss over seeds at each budget point,
+  summarised per (preset, eval set).
 * **Unigram statistics** — rendered from ``fits/unigrams.json`` if ``megasynth analyze unigrams
   --out <study>/fits/unigrams.json`` wrote one.
 """
@@ -28,6 +35,7 @@ from megasynth.utils import MegasynthError, read_json, write_json
 logger = logging.getLogger("megasynth.analysis")
 
 CHINCHILLA_PLOT = "chinchilla.png"
+FRONTIER_PLOT = "compute_optimal.png"
 SPEEDUP_PLOT = "speedup.png"
 RATIO_PLOT = "optimal_ratio.png"
 
@@ -60,7 +68,7 @@ def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | N
         return md, written
 
     # Chinchilla
-    chin, series = [], []
+    chin, series, chin_fits = [], [], {}
     for (mix, es), sub in df.groupby(["mixture", "eval_set"], sort=False):
         if sub["n_params"].nunique() < 2 or len(sub) < 5 or sub["tokens"].nunique() < 2:
             continue
@@ -72,6 +80,7 @@ def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | N
             chin.append({"mixture": mix, "eval_set": es, "error": str(e)})
             continue
         chin.append({"mixture": mix, "eval_set": es, **f.to_dict()})
+        chin_fits[(mix, es)] = (f, sub)
         for n in sorted(sub["n_params"].unique()):
             s = sub[sub["n_params"] == n]
             grid = np.geomspace(s["tokens"].min(), s["tokens"].max(), 60)
@@ -99,6 +108,9 @@ def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | N
             written.append(layout.report_file(CHINCHILLA_PLOT))
             md += ["", f"![chinchilla]({CHINCHILLA_PLOT})"]
         md.append("")
+        fmd, ffiles = _frontier_section(chin_fits, layout, ci_level)
+        md += fmd
+        written += ffiles
 
     # Efficiency vs the natural baseline
     if baseline is not None and baseline in set(df["mixture"]) and df["mixture"].nunique() > 1:
@@ -154,6 +166,12 @@ def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | N
             for g in ratio["groups"][:12]], "loss vs synthetic ratio")
         written.append(layout.report_file(RATIO_PLOT))
         md += ["", f"![optimal ratio]({RATIO_PLOT})", ""]
+        tmd, tfiles = _ratio_trend_section(ratio["groups"], df, layout, ci_level)
+        md += tmd
+        written += tfiles
+
+    smd = _seed_spread_section(df)
+    md += smd
 
     # Unigrams (written by `megasynth analyze unigrams`)
     upath = layout.fit("unigrams")
@@ -168,3 +186,99 @@ def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | N
                               _f(p["kl_nats"], ".4f")] for p in u.get("pairs", [])])
         md.append("")
     return md, written
+
+
+def _frontier_section(fits: dict, layout: StudyLayout, ci_level: float) -> tuple[list[str], list[Path]]:
+    """N_opt(C) and D_opt(C) per mixture from its Chinchilla fit (Hoffmann et al. 2022 eq. 4 with C = 6ND)."""
+    from megasynth.analysis import plots
+
+    rows, curves = [], []
+    for (mix, es), (f, sub) in fits.items():
+        p = f.params
+        if not (p["alpha"] > 0 and p["beta"] > 0):
+            rows.append([mix, es, "no interior optimum (α or β ≤ 0)", "", "", ""])
+            continue
+        C = 6.0 * sub["n_params"].to_numpy(float) * sub["tokens"].to_numpy(float)
+        c_max = float(C.max())
+        grid = np.geomspace(C.min(), c_max * 100, 60)
+        n_opt, d_opt = f.compute_optimal(grid)
+        curves.append({"label": f"{mix} ({es})", "C": grid, "N": n_opt, "D": d_opt,
+                       "points": (C, sub["n_params"].to_numpy(float), sub["tokens"].to_numpy(float))})
+        n_at, d_at = (float(v) for v in f.compute_optimal(c_max))
+        ci = f.compute_optimal_ci(c_max)
+        rows.append([mix, es, f"{c_max:.3g}", _ci(n_at, ci["N_opt"]), _ci(d_at, ci["D_opt"]),
+                     _f(d_at / n_at, ".3g")])
+    if not rows:
+        return [], []
+    md = ["## Compute-optimal frontier N_opt(C), D_opt(C)", "",
+          "From each mixture's Chinchilla fit: G = (αA/(βB))^(1/(α+β)), N_opt = G·(C/6)^(β/(α+β)), "
+          "D_opt = (C/6)^(α/(α+β))/G (Hoffmann et al. 2022 eq. 4, C = 6ND FLOPs), shown at the largest trained "
+          f"run's C and drawn up to 100× beyond it (extrapolated). [{ci_level:.0%} CI] over the bootstrap fits.", ""]
+    md += _table(["mixture", "eval set", "C (FLOPs)", "N_opt [CI]", "D_opt [CI]", "D/N"], rows)
+    written = []
+    if curves:
+        plots.plot_frontier(layout.report_file(FRONTIER_PLOT), curves[:12], "compute-optimal allocation per mixture")
+        written.append(layout.report_file(FRONTIER_PLOT))
+        md += ["", f"![compute-optimal frontier]({FRONTIER_PLOT})"]
+    md.append("")
+    return md, written
+
+
+def _ratio_trend_section(groups: list[dict], df: pd.DataFrame, layout: StudyLayout,
+                         ci_level: float) -> tuple[list[str], list[Path]]:
+    """The optimal ratio against D (per preset) and against N (per budget), per synthetic source: the
+    study's headline plot."""
+    from megasynth.analysis import plots
+
+    n_of = df.groupby("preset")["n_params"].first().to_dict()
+    md, written = [], []
+    for src in sorted({g["synthetic_source"] for g in groups}):
+        gs = [g for g in groups if g["synthetic_source"] == src]
+        if len({g["tokens"] for g in gs}) < 2 and len({g["preset"] for g in gs}) < 2:
+            continue
+        by_d, by_n = [], []
+        for es in sorted({g["eval_set"] for g in gs}):
+            for preset in sorted({g["preset"] for g in gs}, key=lambda p: n_of.get(p, 0)):
+                line = sorted((g for g in gs if g["preset"] == preset and g["eval_set"] == es), key=lambda g: g["tokens"])
+                by_d.append({"label": f"{preset} ({es})", "x": [g["tokens"] for g in line],
+                             "y": [g["opt_ratio"] for g in line], "lo": [g["ci"][0] for g in line],
+                             "hi": [g["ci"][1] for g in line]})
+            for tokens in sorted({g["tokens"] for g in gs}):
+                line = sorted((g for g in gs if g["tokens"] == tokens and g["eval_set"] == es),
+                              key=lambda g: n_of.get(g["preset"], 0))
+                by_n.append({"label": f"D={tokens:.3g} ({es})", "x": [n_of.get(g["preset"], np.nan) for g in line],
+                             "y": [g["opt_ratio"] for g in line], "lo": [g["ci"][0] for g in line],
+                             "hi": [g["ci"][1] for g in line]})
+        name = f"optimal_ratio_trend_{src}.png"
+        plots.plot_ratio_trend(layout.report_file(name), [{"xlabel": "training tokens D", "lines": by_d},
+                                                          {"xlabel": "parameters N", "lines": by_n}],
+                               f"optimal {src} ratio against D and N ({ci_level:.0%} CI)")
+        written.append(layout.report_file(name))
+        md += [f"### Optimal {src} ratio against N and D", "",
+               f"The optimum of each (preset, budget, eval set) above, against the budget (left, one line per preset) "
+               f"and the model size (right, one line per budget). Whiskers: the [{ci_level:.0%} CI] (bootstrap over "
+               "the group's points: every seed at every ratio).", "", f"![optimal {src} ratio trend]({name})", ""]
+    return md, written
+
+
+def _seed_spread_section(df: pd.DataFrame) -> list[str]:
+    """Standard deviation of the loss over seeds at each budget point, summarised per (preset, eval set)."""
+    if "seed" not in df or df["seed"].nunique() < 2:
+        return []
+    rows = []
+    for (preset, es), sub in df.groupby(["preset", "eval_set"], sort=True):
+        per = sub.groupby(["mixture", "tokens"])["loss"].agg(["count", "std", "mean"])
+        per = per[per["count"] > 1]
+        if per.empty:
+            continue
+        worst = per["std"].idxmax()
+        rows.append([preset, es, str(len(per)), str(int(per["count"].max())), _f(float(per["std"].mean()), ".4f"),
+                     f"{_f(float(per['std'].max()), '.4f')} ({worst[0]}, D={worst[1]:.3g})",
+                     _f(float((per["std"] / per["mean"]).mean() * 100), ".2f") + "%"])
+    if not rows:
+        return []
+    md = ["## Seed spread", "",
+          "Standard deviation of the held-out loss over seeds (initial weights and data order) at each budget point "
+          "of each mixture; the loss plots draw it as error bars, and every fit above uses every seed's point.", ""]
+    return md + _table(["preset", "eval set", "points", "seeds", "mean std (nats)", "largest std (nats)",
+                        "mean std / loss"], rows) + [""]

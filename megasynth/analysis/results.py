@@ -1,7 +1,8 @@
 """The evaluate stage: every finished run's held-out losses → one ``results.csv``.
 
 ``results.csv`` has one row per (run, budget, eval set) with the columns of :data:`COLUMNS`
-(``tokens`` = consumed training tokens D at that evaluation; ``loss`` in nats per token). Rows are
+(``tokens`` = consumed training tokens D at that evaluation; ``loss`` in nats per token; ``seed`` and
+``schedule`` of the run; ``schedule_complete`` true for the evaluation at the run's last step). Rows are
 sorted by (run, tokens, eval_set).
 
 Rerun policy: the completion marker ``results.csv.done`` stores a SHA-256 of the inputs (the
@@ -19,6 +20,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from megasynth.config import RunConfig
 from megasynth.layout import RunLayout, StudyLayout
@@ -27,8 +29,8 @@ from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, mar
 logger = logging.getLogger("megasynth.analysis")
 
 COLUMNS = ("run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens", "synthetic_ratio",
-           "eval_set", "loss", "synthetic_sources")
-REQUIRED_COLUMNS = COLUMNS[:-1]  # tables written before ``synthetic_sources`` existed still parse
+           "eval_set", "loss", "synthetic_sources", "seed", "schedule", "schedule_complete")
+REQUIRED_COLUMNS = COLUMNS[:9]  # tables written before the later columns existed still parse
 SUMMARY_KEYS = ("mixture", "preset", "n_params", "n_params_non_embedding", "synthetic_ratio")
 EVAL_KEYS = ("step", "consumed_tokens", "eval_set", "loss")
 
@@ -49,9 +51,18 @@ class ResultRow:
     loss: float
     synthetic_sources: str = ""
     """Synthetic sources of the mixture with a non-zero share, ``+``-joined (``""`` for all-natural)."""
+    seed: Optional[int] = None
+    """``train.seed`` of the run (initial weights and data order); None in tables written before the column."""
+    schedule: str = ""
+    """The run's LR schedule: ``cosine``, ``linear``, ``constant`` or ``wsd`` (``train.optimizer.lr_decay_style``)."""
+    schedule_complete: Optional[bool] = None
+    """True for the evaluation at the end of the run's schedule (its last step, after the LR decay), False for
+    evaluations before it, whose LR had not decayed; None in tables written before the column. Fits use the
+    complete rows (:func:`complete_rows`)."""
 
     @property
     def sort_key(self) -> tuple:
+        """The row's key: (run, tokens, eval set); one row per key (``megasynth results merge`` dedups by it)."""
         return (self.run, self.tokens, self.eval_set)
 
 
@@ -68,10 +79,13 @@ def _float_field(value, where: str) -> float:
     return float(value)
 
 
-def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[ResultRow]:
+def collect_run(run: str, run_dir: Path, synthetic_sources: str = "", *, seed: Optional[int] = None,
+                schedule: str = "", train_iters: Optional[int] = None) -> list[ResultRow]:
     """Rows of one finished run from ``run_dir/{summary.json, evals.jsonl}``.
 
-    A repeated (step, eval set) — e.g. re-evaluated after a resume — keeps the last occurrence.
+    A repeated (step, eval set) — e.g. re-evaluated after a resume — keeps the last occurrence. The
+    evaluation at step ``train_iters`` (default: the summary's) is ``schedule_complete``; ``seed`` and
+    ``schedule`` default to the summary's.
 
     Raises:
         MegasynthError: missing/malformed ``evals.jsonl`` or ``summary.json`` field (``file:line``).
@@ -89,7 +103,9 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[Re
         n_params=_int_field(summary["n_params"], f"{summary_path}: n_params"),
         n_params_non_embedding=_int_field(summary["n_params_non_embedding"], f"{summary_path}: n_params_non_embedding"),
         synthetic_ratio=_float_field(summary["synthetic_ratio"], f"{summary_path}: synthetic_ratio"),
-        synthetic_sources=synthetic_sources)
+        synthetic_sources=synthetic_sources, seed=seed if seed is not None else summary.get("seed"),
+        schedule=schedule or str(summary.get("schedule", "")))
+    last = train_iters if train_iters is not None else summary.get("train_iters")
     by_key: dict[tuple[int, str], ResultRow] = {}
     for lineno, rec in read_jsonl_numbered(evals_path, EVAL_KEYS):
         where = f"{evals_path}:{lineno}"
@@ -99,8 +115,10 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[Re
         loss = _float_field(rec["loss"], f"{where}: loss")
         if not math.isfinite(loss):
             logger.warning("%s: non-finite loss %r kept in results.csv (the report skips it)", where, loss)
-        by_key[(_int_field(rec["step"], f"{where}: step"), str(rec["eval_set"]))] = ResultRow(
-            tokens=tokens, eval_set=str(rec["eval_set"]), loss=loss, **base)
+        step = _int_field(rec["step"], f"{where}: step")
+        by_key[(step, str(rec["eval_set"]))] = ResultRow(
+            tokens=tokens, eval_set=str(rec["eval_set"]), loss=loss,
+            schedule_complete=None if last is None else step == last, **base)
     if not by_key:
         logger.warning("%s: no evaluations recorded", evals_path)
     return list(by_key.values())
@@ -122,7 +140,9 @@ def write_results(path: Path, rows: list[ResultRow]) -> None:
         w.writerow(COLUMNS)
         for r in sorted(rows, key=lambda r: r.sort_key):
             w.writerow([r.run, r.mixture, r.preset, r.n_params, r.n_params_non_embedding, r.tokens,
-                        repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources])
+                        repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources,
+                        "" if r.seed is None else r.seed, r.schedule,
+                        "" if r.schedule_complete is None else str(r.schedule_complete).lower()])
 
 
 def read_results(path: Path) -> list[ResultRow]:
@@ -146,10 +166,71 @@ def read_results(path: Path) -> list[ResultRow]:
                     run=rec["run"], mixture=rec["mixture"], preset=rec["preset"], n_params=int(rec["n_params"]),
                     n_params_non_embedding=int(rec["n_params_non_embedding"]), tokens=int(rec["tokens"]),
                     synthetic_ratio=float(rec["synthetic_ratio"]), eval_set=rec["eval_set"], loss=float(rec["loss"]),
-                    synthetic_sources=rec.get("synthetic_sources") or ""))
+                    synthetic_sources=rec.get("synthetic_sources") or "",
+                    seed=int(rec["seed"]) if rec.get("seed") not in (None, "") else None,
+                    schedule=rec.get("schedule") or "", schedule_complete=_bool_field(rec.get("schedule_complete"))))
             except (TypeError, ValueError) as e:
                 raise MegasynthError(f"{where}: malformed row ({e})") from None
     return rows
+
+
+def _bool_field(value: Optional[str]) -> Optional[bool]:
+    if value in (None, ""):
+        return None
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"schedule_complete: expected true/false, got {value!r}")
+
+
+def complete_rows(rows: list[ResultRow]) -> tuple[list[ResultRow], str]:
+    """The rows scaling laws are fitted on: those at the end of a schedule (``schedule_complete``), and a note.
+
+    Rows of a table without the column (all None) are all kept, with a note saying so. A budget point of a
+    cosine run evaluated before its end had not decayed its LR, so its loss is above that of a run of that
+    budget (Hoffmann et al. 2022 §3; Hägele et al. 2024).
+    """
+    if all(r.schedule_complete is None for r in rows):
+        return list(rows), "the table has no schedule_complete column: every evaluation is used"
+    kept = [r for r in rows if r.schedule_complete]
+    return kept, (f"{len(kept)} of {len(rows)} rows are at the end of their run's schedule (schedule_complete); "
+                  "the others, evaluated before the LR decayed, are not fitted")
+
+
+def merge_results(paths: list[Path], out: Path) -> dict:
+    """Union of results tables written to ``out``, one row per key (:attr:`ResultRow.sort_key`): identical
+    duplicates are dropped; returns ``{"inputs", "rows_in", "rows_out", "duplicates"}``.
+
+    Raises:
+        MegasynthError: a missing or malformed table, or two rows of one key that differ (naming the run, the
+            key, both files and the first differing column); nothing is written then.
+    """
+    import dataclasses
+
+    seen: dict[tuple, tuple[ResultRow, Path]] = {}
+    rows_in = dup = 0
+    for path in paths:
+        for row in read_results(Path(path)):
+            rows_in += 1
+            key = row.sort_key
+            if key in seen:
+                other, where = seen[key]
+                diff = [f.name for f in dataclasses.fields(row)
+                        if _value(getattr(row, f.name)) != _value(getattr(other, f.name))]
+                if not diff:
+                    dup += 1
+                    continue
+                col = diff[0]
+                raise MegasynthError(f"{path}: run {row.run!r} at tokens={row.tokens}, eval_set={row.eval_set!r} "
+                                     f"conflicts with {where}: {col} {getattr(other, col)!r} there, "
+                                     f"{getattr(row, col)!r} here")
+            seen[key] = (row, Path(path))
+    write_results(Path(out), [r for r, _ in seen.values()])
+    return {"inputs": [str(p) for p in paths], "rows_in": rows_in, "rows_out": len(seen), "duplicates": dup}
+
+
+def _value(x):
+    """``x`` with NaN made comparable (a diverged run's NaN loss equals itself in a duplicate)."""
+    return "nan" if isinstance(x, float) and math.isnan(x) else x
 
 
 def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfig], list[RunConfig], str]:
@@ -157,7 +238,8 @@ def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfi
     finished = [r for r in runs if layout.run(r.run_id).summary.exists()]
     unfinished = [r for r in runs if r not in finished]
     inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals)]
-    digest = _inputs_hash(inputs, json.dumps({r.run_id: "+".join(r.synthetic_sources) for r in finished},
+    digest = _inputs_hash(inputs, json.dumps({r.run_id: ["+".join(r.synthetic_sources), r.train.seed, r.schedule,
+                                                         r.train.train_iters] for r in finished},
                                              sort_keys=True))
     return finished, unfinished, digest
 
@@ -184,7 +266,8 @@ def run_evaluate(runs: list[RunConfig], layout: StudyLayout) -> None:
         logger.warning("run %s is not finished (no %s); skipped", run.run_id, layout.run(run.run_id).summary)
     rows: list[ResultRow] = []
     for run in finished:
-        rows.extend(collect_run(run.run_id, layout.run_dir(run.run_id), "+".join(run.synthetic_sources)))
+        rows.extend(collect_run(run.run_id, layout.run_dir(run.run_id), "+".join(run.synthetic_sources),
+                                seed=run.train.seed, schedule=run.schedule, train_iters=run.train.train_iters))
     write_results(layout.results, rows)
     mark_done(layout.results, {"inputs_sha256": digest, "runs": [r.run_id for r in finished],
                                "skipped_unfinished": [r.run_id for r in unfinished], "rows": len(rows)})

@@ -15,17 +15,21 @@ Example::
     cfg.train.optimizer.lr, cfg.train.parallel.tensor_model_parallel_size, cfg.train.checkpoint.save_interval
 
 Modules: :mod:`.data` (corpora, generation, tokenizer, mixtures), :mod:`.training` (model, ``train`` and its
-sections), :mod:`.study` (:class:`StudyConfig`, :class:`RunConfig`), :mod:`.loading` (YAML, overrides, typed
-build). Every name is importable from ``megasynth.config``.
+sections), :mod:`.sweep` (the ``sweep:`` grid and its executor; :mod:`.slurm` the SLURM executor's fields),
+:mod:`.study` (:class:`StudyConfig`, :class:`RunConfig`), :mod:`.loading` (YAML, overrides, typed build). Every name is importable from ``megasynth.config``.
 """
 
 from megasynth.config.data import (STYLES, SYNTHETIC_SOURCES, CorporaConfig, CorpusConfig, GenerationConfig,
                                    MixtureConfig, PromptConfig, SamplingConfig, SynthLLMConfig, TokenizerConfig)
 from megasynth.config.loading import MOVED_KEYS, apply_override, read_yaml
+from megasynth.config.slurm import SlurmExecutorConfig
 from megasynth.config.study import RUN_LAYOUT_FIELDS, ReportConfig, RunConfig, StudyConfig
-from megasynth.config.training import CheckpointConfig, ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig
+from megasynth.config.sweep import Budget, BudgetsConfig, ExecutorConfig, SweepConfig
+from megasynth.config.training import (BranchConfig, CheckpointConfig, ModelConfig, OptimizerConfig, ParallelConfig,
+                                       TrainConfig)
 
 __all__ = ["STYLES", "SYNTHETIC_SOURCES", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
            "GenerationConfig", "PromptConfig", "TokenizerConfig", "MixtureConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig",
-           "CheckpointConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig", "RUN_LAYOUT_FIELDS",
+           "CheckpointConfig", "BranchConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig",
+           "RUN_LAYOUT_FIELDS", "SweepConfig", "BudgetsConfig", "Budget", "ExecutorConfig", "SlurmExecutorConfig",
            "MOVED_KEYS", "apply_override", "read_yaml"]

@@ -94,6 +94,8 @@ def build(tp: Any, value: Any, where: str) -> Any:
     args = typing.get_args(tp)
     label = where or "<root>"
     if dataclasses.is_dataclass(tp):
+        if hasattr(tp, "normalise_yaml"):  # a section with a shorthand form (``sweep.executor``)
+            value = tp.normalise_yaml(value)
         if not isinstance(value, dict):
             raise MegasynthError(f"{label}: expected a mapping, got {type(value).__name__}")
         hints = typing.get_type_hints(tp)
@@ -128,6 +130,11 @@ def build(tp: Any, value: Any, where: str) -> Any:
             raise MegasynthError(f"{label}: expected a mapping, got {type(value).__name__}")
         return {str(k): build(args[1], v, _join(where, str(k))) for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 (pyyaml) reads 1e5 without a dot as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise MegasynthError(f"{label}: expected a number, got {value!r}")
         return float(value)

@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional
 
 from megasynth.config.data import CorporaConfig, GenerationConfig, MixtureConfig, TokenizerConfig
 from megasynth.config.loading import ConfigFile, flatten
+from megasynth.config.sweep import NATURAL, SweepConfig
 from megasynth.config.training import ModelConfig, TrainConfig
 from megasynth.utils import MegasynthError
 
@@ -25,6 +26,10 @@ class ReportConfig:
     """Objective on log L: Huber (Hoffmann et al. 2022) or plain least squares."""
     huber_delta: float = 1e-3
     """Huber δ on log-loss residuals (Hoffmann et al. 2022 use 1e-3)."""
+    schedule_complete_only: bool = True
+    """Fit only the evaluations at the end of a run's schedule (``schedule_complete`` in ``results.csv``): a
+    budget point where the LR had not yet decayed overstates the loss of a run of that budget (Hoffmann et al.
+    2022 §3; Hägele et al. 2024). ``false``: fit every evaluation."""
 
     def validate(self, where: str = "report") -> None:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""
@@ -57,6 +62,9 @@ class StudyConfig(ConfigFile):
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    sweep: Optional[SweepConfig] = None
+    """The experiment grid (presets × budgets × mixtures × seeds, :mod:`megasynth.config.sweep`); ``None``: one
+    run per mixture with the study's ``model`` and ``train``."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -78,15 +86,62 @@ class StudyConfig(ConfigFile):
         return [c.name for c in self.corpora.eval]
 
     def mixture(self, name: str) -> MixtureConfig:
-        """The mixture named ``name``.
+        """The mixture named ``name`` (of ``mixtures:`` or of the sweep's ratio grids).
 
         Raises:
             MegasynthError: no such mixture.
         """
-        for m in self.mixtures:
+        for m in self.all_mixtures:
             if m.name == name:
                 return m
-        raise MegasynthError(f"mixtures: unknown mixture {name!r} (known: {', '.join(m.name for m in self.mixtures)})")
+        raise MegasynthError(f"mixtures: unknown mixture {name!r} (known: "
+                             f"{', '.join(m.name for m in self.all_mixtures)})")
+
+    def natural_shares(self) -> dict[str, float]:
+        """Shares of the natural corpora in all-natural text: the mixture named ``natural`` if the study has
+        one, else all of the one natural corpus.
+
+        Raises:
+            MegasynthError: several natural corpora and no ``natural`` mixture to give their shares.
+        """
+        for m in self.mixtures:
+            if m.name == NATURAL:
+                return dict(m.sources)
+        if len(self.natural_sources) == 1:
+            return {self.natural_sources[0]: 1.0}
+        raise MegasynthError(f"sweep.ratios: the study has several natural corpora ({', '.join(self.natural_sources)}): "
+                             f"add a mixture named {NATURAL!r} to give their shares in the natural part")
+
+    @property
+    def grid_mixtures(self) -> list[MixtureConfig]:
+        """The mixtures of the sweep's ratio grids (``<source>@<ratio>``, ``natural``); ``[]`` without a sweep."""
+        if self.sweep is None or not self.sweep.ratios:
+            return []
+        return self.sweep.ratio_mixtures(self.natural_shares())
+
+    @property
+    def all_mixtures(self) -> list[MixtureConfig]:
+        """``mixtures:`` then the ratio-grid mixtures they do not already hold (by name)."""
+        named = {m.name for m in self.mixtures}
+        return [*self.mixtures, *(m for m in self.grid_mixtures if m.name not in named)]
+
+    @property
+    def run_mixtures(self) -> list[MixtureConfig]:
+        """The mixtures the study trains (and the ``mix`` stage writes): every one of ``mixtures:`` without a
+        sweep, or a sweep without ratios and named mixtures; else the sweep's named mixtures and ratio grids."""
+        if self.sweep is None or not (self.sweep.ratios or self.sweep.mixtures):
+            return list(self.mixtures)
+        chosen = [self.mixture(n) for n in self.sweep.mixtures]
+        seen = {m.name for m in chosen}
+        return chosen + [self.mixture(m.name) for m in self.grid_mixtures if m.name not in seen]
+
+    def mixture_train_samples(self, name: str) -> int:
+        """The most training samples any run of mixture ``name`` reads (a WSD trunk's, or the largest budget's)."""
+        if self.sweep is None:
+            return self.train.train_samples
+        del name  # every mixture of a sweep runs every preset and budget
+        return max(b.train_iters for p in (self.sweep.presets or [self.model.preset])
+                   for b in self.sweep.budgets.for_preset(p, self.train)) * self.train.global_batch_size
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -107,6 +162,16 @@ class StudyConfig(ConfigFile):
                 raise MegasynthError(f"mixtures[{i}].name: duplicate mixture name {m.name!r}")
             seen.add(m.name)
             m.validate(f"mixtures[{i}]", known_sources)
+        if self.sweep is not None:
+            self.sweep.validate("sweep", synthetic=self.synthetic_sources, natural=self.natural_sources,
+                                mixtures=[m.name for m in self.mixtures], default_preset=self.model.preset,
+                                train=self.train)
+            named = {m.name: m for m in self.mixtures}
+            for m in self.grid_mixtures:
+                m.validate(f"sweep.ratios ({m.name})", known_sources)
+                if m.name in named and dict(named[m.name].sources) != dict(m.sources):
+                    raise MegasynthError(f"sweep.ratios: the grid's mixture {m.name!r} {m.sources} differs from "
+                                         f"mixtures: {m.name} {named[m.name].sources}")
 
 
 RUN_LAYOUT_FIELDS = ("run_id", "mixture.name", "train.parallel", "train.checkpoint", "train.log_interval",
@@ -156,6 +221,11 @@ class RunConfig(ConfigFile):
     def synthetic_sources(self) -> list[str]:
         """Synthetic sources with a non-zero share in the mixture (results' ``synthetic_sources``)."""
         return self.mixture.synthetic_sources()
+
+    @property
+    def schedule(self) -> str:
+        """The LR schedule's name in results (``cosine``, ``linear``, ``constant``, ``wsd``)."""
+        return self.train.optimizer.lr_decay_style.lower()
 
     @property
     def synthetic_ratio(self) -> float:

@@ -51,7 +51,15 @@ class OptimizerConfig:
     """Learning rate at ``train.train_iters`` after the decay."""
     lr_warmup_iters: int = 10
     """Steps of linear warmup from 0 to ``lr``."""
-    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    lr_decay_style: Literal["cosine", "linear", "constant", "WSD"] = "cosine"
+    """Decay from ``lr`` to ``min_lr`` after the warmup, ending at ``train.train_iters`` (megatron-core's
+    ``OptimizerParamScheduler``). ``WSD`` (warmup-stable-decay, Hägele et al. 2024, arXiv 2405.18392): ``lr``
+    until the last ``lr_wsd_decay_iters`` steps, then ``lr_wsd_decay_style`` down to ``min_lr``."""
+    lr_wsd_decay_iters: Optional[int] = None
+    """``WSD`` only: steps of the final decay (Megatron-LM's ``--lr-wsd-decay-iters``)."""
+    lr_wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = "minus_sqrt"
+    """``WSD`` only: shape of the final decay (Megatron-LM's ``--lr-wsd-decay-style``); ``minus_sqrt`` is the
+    (1 − sqrt) cooldown that Hägele et al. 2024 (§3, Fig. 4) found best."""
     weight_decay: float = 0.1
     """Decoupled weight decay on matrices (not on norms)."""
     adam_beta1: float = 0.9
@@ -66,6 +74,8 @@ class OptimizerConfig:
             raise MegasynthError(f"{where}.min_lr: must satisfy 0 <= min_lr <= lr and lr > 0")
         if self.lr_warmup_iters < 0:
             raise MegasynthError(f"{where}.lr_warmup_iters: must be >= 0")
+        if self.lr_decay_style == "WSD" and (self.lr_wsd_decay_iters is None or self.lr_wsd_decay_iters < 1):
+            raise MegasynthError(f"{where}.lr_wsd_decay_iters: lr_decay_style WSD needs a decay of >= 1 steps")
 
 
 @dataclass
@@ -129,13 +139,29 @@ class CheckpointConfig:
     never deleted (``megasynth.train.checkpoint.prune_checkpoints``)."""
     exit_signal_handler: bool = True
     """On SIGTERM/SIGUSR1, save a checkpoint after the current step and stop (SLURM preemption/time limit)."""
+    save_steps: list[int] = field(default_factory=list)
+    """Steps after which a checkpoint is also saved and then kept: ``keep_last_checkpoints`` never deletes
+    them (the branch points of a WSD trunk, from which the sweep's cooldown branches start)."""
 
     def validate(self, where: str = "train.checkpoint") -> None:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""
         if self.save_interval is not None and self.save_interval <= 0:
             raise MegasynthError(f"{where}.save_interval: must be > 0 (null saves only the final checkpoint)")
+        if any(s < 1 for s in self.save_steps):
+            raise MegasynthError(f"{where}.save_steps: steps must be >= 1, got {self.save_steps}")
         if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:
             raise MegasynthError(f"{where}.keep_last_checkpoints: must be >= 1 (or null to keep all)")
+
+
+@dataclass
+class BranchConfig:
+    """``train.branch_from``: start from another run's checkpoint rather than from step 0."""
+
+    run_id: str
+    """The run (in the same study) whose checkpoint this run starts from: ``runs/<run_id>/checkpoints/``."""
+    step: int
+    """Its checkpoint after this many steps (``iter_NNNNNNN``): the full state (model, optimizer, RNG,
+    consumed samples) is loaded and training continues at step ``step + 1`` with this run's own LR schedule."""
 
 
 @dataclass
@@ -170,6 +196,13 @@ class TrainConfig:
     (``optimizer.lr``, ``optimizer.lr_warmup_iters``, decay) starts at step 0. Its architecture and tensor
     shapes must match ``model.preset`` and its vocabulary the tokenizer. ``None``: layout-independent random
     init."""
+    data_samples: Optional[int] = None
+    """Samples the training dataset is built for (megatron-core's shuffle depends on it); the run reads its
+    first ``train_iters · global_batch_size``. ``None``: exactly those. A WSD branch sets its trunk's count,
+    so it reads the trunk's data in the trunk's order."""
+    branch_from: Optional[BranchConfig] = None
+    """Start from step ``branch_from.step`` of run ``branch_from.run_id`` (full state) instead of step 0: a WSD
+    cooldown branch. Before that step, that run's LR schedule must equal this run's (checked when it starts)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -193,6 +226,24 @@ class TrainConfig:
         self.checkpoint.validate(f"{where}.checkpoint")
         if self.optimizer.lr_warmup_iters >= self.train_iters:
             raise MegasynthError(f"{where}.optimizer.lr_warmup_iters: must be in [0, {where}.train_iters)")
+        o = self.optimizer
+        if o.lr_decay_style == "WSD" and o.lr_wsd_decay_iters > self.train_iters - o.lr_warmup_iters:
+            raise MegasynthError(f"{where}.optimizer.lr_wsd_decay_iters: {o.lr_wsd_decay_iters} is longer than "
+                                 f"train_iters - lr_warmup_iters = {self.train_iters - o.lr_warmup_iters}")
+        if self.data_samples is not None and self.data_samples < self.train_samples:
+            raise MegasynthError(f"{where}.data_samples: {self.data_samples} is fewer than the run's "
+                                 f"train_iters * global_batch_size = {self.train_samples} samples")
+        if self.branch_from is not None:
+            b = self.branch_from
+            if not b.run_id or "/" in b.run_id or b.run_id in (".", ".."):
+                raise MegasynthError(f"{where}.branch_from.run_id: {b.run_id!r} is not a run id")
+            if not 1 <= b.step < self.train_iters:
+                raise MegasynthError(f"{where}.branch_from.step: must be in [1, {where}.train_iters), got {b.step}")
+            if self.init_from is not None:
+                raise MegasynthError(f"{where}.branch_from: a branch cannot also have {where}.init_from")
+        if any(s >= self.train_iters for s in self.checkpoint.save_steps):
+            raise MegasynthError(f"{where}.checkpoint.save_steps: steps must be < train_iters ({self.train_iters}); "
+                                 "the final checkpoint is always saved")
 
     @property
     def tokens_per_step(self) -> int:
@@ -203,6 +254,11 @@ class TrainConfig:
     def train_samples(self) -> int:
         """Training samples of the whole run (``train_iters * global_batch_size``)."""
         return self.train_iters * self.global_batch_size
+
+    @property
+    def dataset_samples(self) -> int:
+        """Samples the training dataset is built for: ``data_samples`` or ``train_samples``."""
+        return self.train_samples if self.data_samples is None else self.data_samples
 
     @property
     def train_tokens(self) -> int:

@@ -110,20 +110,23 @@ def mixture_report(name: str, sources: dict[str, float], prefixes: dict[str, str
 
 
 def run_mix(cfg: "StudyConfig", layout: "StudyLayout") -> None:
-    """The ``mix`` stage: write ``mixtures/<mix>.json`` for every mixture (skipping complete ones).
+    """The ``mix`` stage: write ``mixtures/<mix>.json`` for every mixture the study trains
+    (:attr:`~megasynth.config.StudyConfig.run_mixtures`: ``mixtures:``, or a sweep's named and ratio-grid
+    mixtures), skipping complete ones.
 
-    The realised share is measured on megatron-core's ``BlendedDataset`` built for the full training
-    budget (``train_iters · global_batch_size`` samples of ``seq_length`` tokens) through
-    :func:`megasynth.data.datasets.realised_token_shares`.
+    The realised share is measured on megatron-core's ``BlendedDataset`` built for the largest training
+    budget of the mixture (``train_iters · global_batch_size`` samples of ``seq_length`` tokens; a sweep's
+    largest budget, :meth:`~megasynth.config.StudyConfig.mixture_train_samples`) through
+    :func:`megasynth.data.datasets.realised_token_shares`; epochs are per that budget.
 
     Raises:
         MegasynthError: a source of a mixture is not tokenized (run ``megasynth preprocess``).
     """
     t = cfg.train
-    budget_tokens = t.train_tokens
-    num_samples = t.train_samples
     tokenizer = None
-    for i, mix in enumerate(cfg.mixtures):
+    for mix in cfg.run_mixtures:
+        num_samples = cfg.mixture_train_samples(mix.name)  # the largest run of it (a sweep's largest budget)
+        budget_tokens = num_samples * t.seq_length
         out = layout.mixture(mix.name)
         if is_done(out):
             _check_sources(out, read_json(out), mix.sources)
@@ -134,7 +137,9 @@ def run_mix(cfg: "StudyConfig", layout: "StudyLayout") -> None:
         for src in mix.sources:
             prefix = layout.tokenized_prefix(src)
             if not is_done(prefix):
-                raise MegasynthError(f"mixtures[{i}].sources.{src}: not tokenized yet (run `megasynth preprocess`)")
+                at = next((f"mixtures[{j}]" for j, m in enumerate(cfg.mixtures) if m.name == mix.name),
+                          f"sweep.ratios ({mix.name})")
+                raise MegasynthError(f"{at}.sources.{src}: not tokenized yet (run `megasynth preprocess`)")
             prefixes[src] = layout.relative(prefix)
             source_tokens[src] = int(read_json(layout.tokenized_stats(src))["tokens"])
         record = mixture_report(mix.name, mix.sources, prefixes, source_tokens, budget_tokens)
@@ -164,9 +169,9 @@ def mix_done(cfg: "StudyConfig", layout: "StudyLayout") -> bool:
     Raises:
         MegasynthError: a complete mixture file was written for other shares than the study's.
     """
-    if not all(is_done(layout.mixture(m.name)) for m in cfg.mixtures):
+    if not all(is_done(layout.mixture(m.name)) for m in cfg.run_mixtures):
         return False
-    for m in cfg.mixtures:
+    for m in cfg.run_mixtures:
         _check_sources(layout.mixture(m.name), read_json(layout.mixture(m.name)), m.sources)
     return True
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from megasynth.model import cpu_compat
-from megasynth.model.presets import LlamaShape, get_preset
+from megasynth.model.presets import VOCAB_DIVISIBLE_BY, LlamaShape, get_preset, padded_vocab_size  # noqa: F401
 from megasynth.utils import MegasynthError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,24 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger("megasynth.model")
 
-VOCAB_DIVISIBLE_BY = 128
-"""Padding multiple of the embedding rows (Megatron's ``--make-vocab-size-divisible-by``)."""
-
 _TE_INSTALL = ("Transformer Engine is required for model.transformer_impl: transformer_engine "
                "(and fp8); install it with `pip install --no-build-isolation transformer_engine[pytorch]` "
                "or use the NGC PyTorch image (docker/Dockerfile)")
-
-
-def padded_vocab_size(vocab_size: int, tp: int = 1, divisible_by: int = VOCAB_DIVISIBLE_BY) -> int:
-    """Tokenizer vocabulary padded up to a multiple of ``divisible_by * tp`` (Megatron's rule).
-
-    Raises:
-        MegasynthError: ``vocab_size`` is not positive.
-    """
-    if vocab_size <= 0:
-        raise MegasynthError(f"vocab_size: must be > 0, got {vocab_size}")
-    multiple = divisible_by * tp
-    return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
 def _precision_kwargs(model_cfg: "ModelConfig") -> dict:

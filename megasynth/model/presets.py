@@ -26,6 +26,34 @@ LLAMA3_ROPE_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "origina
 defaults; ``GPTModel`` exposes only ``rope_scaling_factor``)."""
 
 
+PEAK_TFLOPS_BF16 = {
+    # Dense (no sparsity) BF16 tensor-core peaks per GPU, vendor datasheets (SXM parts).
+    "H200": 989.4,
+    "H100": 989.4,
+    "A100": 312.0,
+}
+"""Peak dense BF16 TFLOP/s by GPU name substring (MFU in ``megasynth.train.metrics``, device-hours in
+``megasynth sweep plan``). MFU is always against the BF16 peak (FP8 runs too: their speed-up then shows as a
+higher MFU; the FP8 peak is twice these)."""
+
+VOCAB_DIVISIBLE_BY = 128
+"""Padding multiple of the embedding rows (Megatron's ``--make-vocab-size-divisible-by``)."""
+
+
+def padded_vocab_size(vocab_size: int, tp: int = 1, divisible_by: int = VOCAB_DIVISIBLE_BY) -> int:
+    """Tokenizer vocabulary padded up to a multiple of ``divisible_by * tp`` (Megatron's rule).
+
+    Raises:
+        MegasynthError: ``vocab_size`` is not positive.
+    """
+    from megasynth.utils import MegasynthError
+
+    if vocab_size <= 0:
+        raise MegasynthError(f"vocab_size: must be > 0, got {vocab_size}")
+    multiple = divisible_by * tp
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
 @dataclass(frozen=True)
 class LlamaShape:
     num_layers: int

@@ -13,8 +13,12 @@ their checkpoint. ``--dry-run`` prints the resolved config and the parallel layo
 (:func:`megasynth.train.parallel.parallel_plan`) for ``--nproc`` processes (default ``$WORLD_SIZE`` or 1)
 without importing torch or megatron.
 
+Each run that is not complete records its attempt in ``runs/<run_id>/attempt.json`` (host, pid, SLURM ids,
+start; end, exit code and state when it ends) and, when it fails, ``runs/<run_id>/error.json`` (the error's
+first line, type, exit code, traceback tail): :mod:`megasynth.study.attempts`, read by ``megasynth sweep status``.
+
 Exit status: 0 done, 2 bad input (:class:`~megasynth.utils.MegasynthError`), 3 stopped by
-SIGTERM/SIGUSR1 after saving a checkpoint (rerun to resume).
+SIGTERM/SIGUSR1 after saving a checkpoint (rerun to resume), 1 other errors.
 """
 
 from __future__ import annotations
@@ -92,9 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(cfg, StudyConfig):
                 prepare_study_dir(cfg, args.config)
             record_invocation(layout, cfg, "launch", sys.argv[1:] if argv is None else argv, overrides, args.config)
+        from megasynth.study.attempts import recorded_attempt
+
         try:
-            for run in runs:
-                train_one(run, layout)
+            for run in runs:  # attempt.json when it starts and ends; error.json when it fails (rank 0)
+                with recorded_attempt(layout.run(run.run_id), run.run_id, enabled=rank0):
+                    train_one(run, layout)
         except TrainingInterrupted as e:
             print(f"megasynth: {e}", file=sys.stderr)
             return 3

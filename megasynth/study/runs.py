@@ -1,9 +1,9 @@
 """Run planning: the training runs of a study, each a :class:`~megasynth.config.RunConfig`.
 
-Today a study plans one run per mixture, ``run_id = mixture name``, with the study's ``model``, ``train``,
-``tokenizer`` and eval sets. A sweep adds runs here (more entries of the list, each with its own
-``run_id`` and settings); everything downstream (the ``train`` stage, ``launch``, ``evaluate``) takes the
-planned list, and ``runs/<run_id>/run.yaml`` records each one as it starts.
+A study without a ``sweep:`` section plans one run per mixture, ``run_id = mixture name``, with the study's
+``model``, ``train``, ``tokenizer`` and eval sets; a sweep plans its grid (:mod:`megasynth.study.sweep`).
+Everything downstream (the ``train`` stage, ``launch``, the sweep executors, ``evaluate``) takes the planned
+list, and ``runs/<run_id>/run.yaml`` records each one.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from megasynth.utils import MegasynthError
 
 
 def plan_runs(cfg: StudyConfig) -> list[RunConfig]:
-    """The study's training runs, in study-file order: one per mixture (``run_id`` = mixture name).
+    """The study's training runs: with a ``sweep:`` section its grid (:func:`megasynth.study.sweep.plan_sweep_runs`:
+    presets × budgets × mixtures × seeds, WSD trunks before their branches); without one, one run per mixture in
+    study-file order (``run_id`` = mixture name).
 
     Raises:
-        MegasynthError: two runs with one ``run_id``.
+        MegasynthError: two runs with one ``run_id``, a run that does not validate.
     """
-    runs = [RunConfig.from_study(cfg, m.name) for m in cfg.mixtures]
-    seen: set[str] = set()
-    for run in runs:
-        if run.run_id in seen:
-            raise MegasynthError(f"runs: two planned runs share run_id {run.run_id!r}")
-        seen.add(run.run_id)
-    return runs
+    from megasynth.study.sweep import check_unique, plan_sweep_runs
+
+    if cfg.sweep is not None:
+        return plan_sweep_runs(cfg)
+    return check_unique([RunConfig.from_study(cfg, m.name) for m in cfg.mixtures])
 
 
 def select_runs(runs: list[RunConfig], run_ids: list[str] | None = None,

@@ -38,7 +38,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -131,7 +131,8 @@ def _state_dict(chunks: list, optimizer, scheduler, rng: bool, is_loading: bool)
 
 
 def save_checkpoint(model, root: str | Path, step: int, optimizer=None, scheduler=None,
-                    common: Optional[dict] = None, keep_last: Optional[int] = None) -> Path:
+                    common: Optional[dict] = None, keep_last: Optional[int] = None,
+                    keep_steps: Iterable[int] = ()) -> Path:
     """Save a sharded checkpoint to ``root/iter_NNNNNNN`` and then update the latest-step file.
 
     Args:
@@ -141,6 +142,7 @@ def save_checkpoint(model, root: str | Path, step: int, optimizer=None, schedule
         common: extra picklable values saved once (rank 0), e.g. ``consumed_samples``.
         keep_last: after the save, delete the oldest ``iter_*`` directories beyond the newest
             ``keep_last`` (:func:`prune_checkpoints`); ``None`` keeps all.
+        keep_steps: checkpoints that ``keep_last`` never deletes.
 
     A directory of an unfinished save (a step after the one in ``latest_checkpointed_iteration.txt``) is
     replaced. Must be called on all ranks.
@@ -178,7 +180,7 @@ def save_checkpoint(model, root: str | Path, step: int, optimizer=None, schedule
     if _rank0():
         logger.info("saved checkpoint %s", path)
         if keep_last is not None:
-            for old in prune_checkpoints(root, keep_last):
+            for old in prune_checkpoints(root, keep_last, keep_steps):
                 logger.info("deleted checkpoint %s (keep_last_checkpoints=%d)", old, keep_last)
     _barrier()
     return path
@@ -394,17 +396,20 @@ def find_resume_checkpoint(root: str | Path, below: Optional[int] = None) -> tup
 
 
 def move_aside(run_dir: str | Path, paths: Optional[list] = None) -> Optional[Path]:
-    """Move ``paths`` (default: every entry of ``run_dir`` but earlier ``.attempt-N`` folders) into a new
+    """Move ``paths`` (default: every entry of ``run_dir`` but earlier ``.attempt-N`` folders and the run's
+    records ``run.yaml`` and ``attempt.json``, :data:`megasynth.layout.RunLayout.RECORDS`) into a new
     ``run_dir/.attempt-N/`` (N one more than the largest there), keeping their paths relative to
     ``run_dir``. Renames only (nothing copied or deleted); call on one rank.
 
     Returns:
         The new ``.attempt-N`` folder, or None when there was nothing to move.
     """
+    from megasynth.layout import RunLayout
+
     run_dir = Path(run_dir)
     if paths is None:
         entries = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
-        paths = [p for p in entries if not p.name.startswith(ATTEMPT_PREFIX)]
+        paths = [p for p in entries if not p.name.startswith(ATTEMPT_PREFIX) and p.name not in RunLayout.RECORDS]
     paths = [Path(p) for p in paths if Path(p).exists()]
     if not paths:
         return None
@@ -418,11 +423,12 @@ def move_aside(run_dir: str | Path, paths: Optional[list] = None) -> Optional[Pa
     return dest
 
 
-def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
+def prune_checkpoints(root: str | Path, keep: int, keep_steps: Iterable[int] = ()) -> list[Path]:
     """Delete the ``iter_*`` directories of ``root`` older than its newest ``keep`` ones (call on one rank).
 
-    Never deleted: the checkpoint ``latest_checkpointed_iteration.txt`` names, the newest one that
-    :func:`check_checkpoint` finds whole, and anything newer than that one; nothing at all when no
+    Never deleted: the checkpoints of ``keep_steps`` (a WSD trunk's branch points,
+    ``train.checkpoint.save_steps``), the checkpoint ``latest_checkpointed_iteration.txt`` names, the newest
+    one that :func:`check_checkpoint` finds whole, and anything newer than that one; nothing at all when no
     checkpoint is whole.
 
     Returns:
@@ -441,7 +447,7 @@ def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
     if newest_whole is None:
         logger.warning("%s: no whole checkpoint, none deleted", root)
         return []
-    protect = {newest_whole, _recorded_step(root)}
+    protect = {newest_whole, _recorded_step(root), *keep_steps}
     deleted = []
     for step in steps[keep:]:
         if step < newest_whole and step not in protect:

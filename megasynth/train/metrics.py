@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 
 from megasynth.layout import RunLayout
+from megasynth.model.presets import PEAK_TFLOPS_BF16  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("megasynth.train")
 
@@ -44,16 +45,6 @@ def _fmt_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-PEAK_TFLOPS_BF16 = {
-    # Dense (no sparsity) BF16 tensor-core peaks per GPU, vendor datasheets (SXM parts).
-    "H200": 989.4,
-    "H100": 989.4,
-    "A100": 312.0,
-}
-"""Peak dense BF16 TFLOP/s by GPU name substring. MFU is always against the BF16 peak (FP8 runs too:
-their speed-up then shows as a higher MFU; the FP8 peak is twice these)."""
 
 
 def peak_tflops(override: Optional[float] = None, device_name: Optional[str] = None) -> Optional[float]:

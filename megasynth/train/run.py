@@ -5,7 +5,8 @@ A run is a :class:`~megasynth.config.RunConfig` (planned from a study by
 Following Megatron-LM's ``pretrain_gpt.py`` with megatron-core parts:
 
 1. data: the mixture's blend (``mixtures/<mix>.json``) → :func:`megasynth.data.datasets.build_gpt_datasets`
-   with ``train_iters * global_batch_size`` samples; each eval set (``tokenized/<name>_text_document``)
+   with ``train.data_samples`` samples (default ``train_iters * global_batch_size``; the run reads that many
+   from the start, or from its branch point); each eval set (``tokenized/<name>_text_document``)
    → ``eval_iters * micro_batch_size`` fixed samples (the same set at any DP size: each DP rank
    evaluates ``eval_iters / dp`` micro batches of it).
 2. model, optimizer, schedule and steps: :mod:`megasynth.train.step`.
@@ -25,6 +26,12 @@ PP=2 runs follow the one-process loss curve up to float reduction order.
 Identity: ``run.yaml`` is written when the run starts. A run directory whose ``run.yaml`` differs in a field
 that changes the loss curve (:meth:`RunConfig.identity`) is refused with the field named, complete or not;
 the parallel layout, checkpoint interval and logging may change between attempts.
+
+Branches (``train.branch_from``, a WSD cooldown branch of a sweep): a run that has no checkpoint of its own
+starts from the checkpoint of another run at ``branch_from.step`` (model, optimizer, RNG; consumed samples
+checked) with its own LR schedule advanced to that step, after :func:`check_branch` found that it continues
+that run (same model, data order, batch and optimizer; the same LR at every step up to the branch point).
+Its ``metrics.jsonl`` and ``evals.jsonl`` start at ``branch_from.step + 1``; its later checkpoints are its own.
 
 Resume: a run whose marker exists is skipped; a run directory without it but with a checkpoint resumes
 from its newest readable checkpoint (any TP/PP layout; bitwise the same losses on CPU with an unchanged
@@ -58,13 +65,61 @@ logger = logging.getLogger("megasynth.train")
 
 
 def _resume_key(run: RunConfig, vocab_size: int) -> dict:
-    """Fields that must be unchanged for a checkpoint to resume the same run (layout may change)."""
+    """Fields that must be unchanged for a checkpoint to resume the same run (layout may change).
+
+    The WSD fields and ``train.data_samples`` are part of it only when set, so checkpoints saved before they
+    existed still resume.
+    """
     t, o, m = run.train, run.train.optimizer, run.model
-    return {"model.preset": m.preset, "model.precision": m.precision, "vocab_size": vocab_size,
-            **{f"train.{k}": getattr(t, k) for k in ("seq_length", "global_batch_size", "train_iters")},
-            **{f"train.optimizer.{k}": getattr(o, k) for k in ("lr", "min_lr", "lr_warmup_iters", "lr_decay_style",
-                                                                "weight_decay")},
-            "train.seed": t.seed, "train.init_from": t.init_from}
+    key = {"model.preset": m.preset, "model.precision": m.precision, "vocab_size": vocab_size,
+           **{f"train.{k}": getattr(t, k) for k in ("seq_length", "global_batch_size", "train_iters")},
+           **{f"train.optimizer.{k}": getattr(o, k) for k in ("lr", "min_lr", "lr_warmup_iters", "lr_decay_style",
+                                                               "weight_decay")},
+           "train.seed": t.seed, "train.init_from": t.init_from}
+    if o.lr_decay_style == "WSD":
+        key.update({"train.optimizer.lr_wsd_decay_iters": o.lr_wsd_decay_iters,
+                    "train.optimizer.lr_wsd_decay_style": o.lr_wsd_decay_style})
+    if t.data_samples is not None:
+        key["train.data_samples"] = t.data_samples
+    return key
+
+
+BRANCH_FREE = ("run_id", "mixture.name", "eval_sets", "train.train_iters", "train.eval_interval", "train.eval_iters",
+               "train.data_samples", "train.branch_from", "train.optimizer.min_lr", "train.optimizer.lr_decay_style",
+               "train.optimizer.lr_wsd_decay_iters", "train.optimizer.lr_wsd_decay_style")
+"""Identity fields in which a branch may differ from the run it starts from: its budget, evaluation and LR
+schedule after the branch point (the schedules up to it must agree step by step: :func:`check_branch`)."""
+
+
+def check_branch(run: RunConfig, source: RunConfig, where: str | Path) -> None:
+    """Raise unless ``run`` can start from step ``run.train.branch_from.step`` of ``source`` and then continue as
+    if it had been trained from step 0 itself: the same model, data (mixture, seed, data order), batch and
+    optimizer; the same learning rate at every step up to the branch point (megatron-core's scheduler of both).
+
+    Raises:
+        MegasynthError: ``<where>: branch 'b' of run 'a': <field> is x there, y here``.
+    """
+    from megasynth.train.step import lr_schedule
+
+    step = run.train.branch_from.step
+    label = f"{where}: branch {run.run_id!r} of run {source.run_id!r}"
+    mine, theirs = run.identity(), source.identity()
+    for key in dict.fromkeys([*mine, *theirs]):
+        if any(key == f or key.startswith(f + ".") for f in BRANCH_FREE):
+            continue
+        if mine.get(key) != theirs.get(key):
+            raise MegasynthError(f"{label}: {key} is {theirs.get(key)!r} there, {mine.get(key)!r} here")
+    if run.train.dataset_samples != source.train.dataset_samples:
+        raise MegasynthError(f"{label}: train.data_samples must be its {source.train.dataset_samples} samples (its data "
+                             f"order), got {run.train.dataset_samples}")
+    if step >= source.train.train_iters:
+        raise MegasynthError(f"{label}: train.branch_from.step {step} is not before its last step "
+                             f"{source.train.train_iters}")
+    ours, its = lr_schedule(run.train, step), lr_schedule(source.train, step)
+    diff = next((i for i, (a, b) in enumerate(zip(ours, its)) if a != b), None)
+    if diff is not None:
+        raise MegasynthError(f"{label}: the learning rate of step {diff + 1} is {its[diff]!r} there, {ours[diff]!r} "
+                             f"here (the schedules must agree up to train.branch_from.step={step})")
 
 
 class _Run:
@@ -105,7 +160,7 @@ class _Run:
 
         # Data (built before the model so a bad prefix fails fast).
         cache = layout.tokenized_cache
-        self.train_ds = build_gpt_datasets(blend, None, tokenizer, t.seq_length, t.train_samples, t.seed, cache)
+        self.train_ds = build_gpt_datasets(blend, None, tokenizer, t.seq_length, t.dataset_samples, t.seed, cache)
         self.eval_ds = {}
         n_eval = t.eval_iters * t.micro_batch_size
         for ev in run.eval_sets:
@@ -167,10 +222,11 @@ class _Run:
 
         self._sync_params()
         try:
+            ckpt = self.run.train.checkpoint
             return save_checkpoint(self.model, root, step, self.optimizer, self.scheduler, common={
                 "consumed_samples": step * self.run.train.global_batch_size,
                 "resume_key": _resume_key(self.run, self.vocab_size), "layout": self.layout},
-                keep_last=self.run.train.checkpoint.keep_last_checkpoints)
+                keep_last=ckpt.keep_last_checkpoints, keep_steps=ckpt.save_steps)
         finally:
             self._resume_hooks()
 
@@ -211,6 +267,44 @@ class _Run:
         self._train_iter = None
         return step
 
+    def load_branch(self, path: Path, source: RunConfig) -> int:
+        """Start this run from checkpoint directory ``path`` of run ``source`` (``train.branch_from``): model,
+        optimizer and RNG (same layout) from there, the LR schedule this run's own at that step; return the step.
+
+        Raises:
+            MegasynthError: the checkpoint is not whole, is not at ``branch_from.step`` or was saved with other
+                data/model settings (named).
+        """
+        from megasynth.train.checkpoint import check_checkpoint, load_checkpoint, read_common
+
+        b = self.run.train.branch_from
+        why = check_checkpoint(path)
+        if why is not None:
+            raise MegasynthError(f"{path}: cannot start branch {self.name!r} of run {b.run_id!r} from it: {why}")
+        common = read_common(path)
+        saved, want = common.get("resume_key", {}), _resume_key(source, self.vocab_size)
+        diff = [k for k in want if saved.get(k) != want[k]]
+        if diff:
+            raise MegasynthError(f"{path}: saved with {diff[0]}={saved.get(diff[0])!r}, but run {b.run_id!r} now has "
+                                 f"{want[diff[0]]!r}; retrain it")
+        step = int(common["iteration"])
+        if step != b.step or int(common.get("consumed_samples", -1)) != step * self.run.train.global_batch_size:
+            raise MegasynthError(f"{path}: iteration {step} with {common.get('consumed_samples')} consumed samples, "
+                                 f"not train.branch_from.step {b.step} x global_batch_size")
+        old = common.get("layout", {})
+        same = (old.get("tp"), old.get("pp")) == (self.layout["tp"], self.layout["pp"])
+        load_checkpoint(self.model, path, self.optimizer, None, load_rng=same)
+        # This run's schedule, advanced as the source's was (its saved step count: skipped steps do not count).
+        self.scheduler.num_steps = 0
+        self.scheduler.step(increment=int(common["opt_param_scheduler"]["num_steps"]))
+        if not same:
+            from megasynth.model import cpu_compat
+
+            cpu_compat.manual_seed(self.run.train.seed + step)
+            logger.info("%s: resharded %s -> %s; RNG re-seeded", self.name, old, self.layout)
+        self._train_iter = None
+        return step
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -228,7 +322,8 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     Writes ``runs/<run_id>/run.yaml`` when it starts, then ``tb/``, ``checkpoints/``, ``metrics.jsonl``,
     ``evals.jsonl`` and ``summary.json``, marking ``summary.json`` done last. A run directory without the
     marker resumes from its latest full checkpoint (rows of ``metrics.jsonl``/``evals.jsonl`` after it are
-    dropped) or, without one, is wiped first. Call on every rank under ``torchrun``.
+    dropped) or, without one, has its old outputs moved to ``.attempt-N/`` and starts from step 0, or from
+    ``train.branch_from`` (another run's checkpoint). Call on every rank under ``torchrun``.
 
     Returns:
         The ``summary.json`` record: ``run_id``, ``mixture``, ``preset``, ``n_params``,
@@ -236,12 +331,14 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
         (nats/token), ``tokens_per_s`` (training tokens per second of optimizer steps), ``wall_s`` (this
         invocation plus the training seconds of steps before a resume), ``synthetic_ratio``; plus
         ``padded_vocab_size``, ``train_iters``, ``final_eval_loss`` (``{eval_set: loss}``), ``parallel``
-        (tp/pp/dp/vpp), ``tflops_per_device``, ``mfu`` (None without a peak), ``resumed_from`` (step or None).
+        (tp/pp/dp/vpp), ``tflops_per_device``, ``mfu`` (None without a peak), ``resumed_from`` (step or None),
+        ``branch_from`` (``{run_id, step}`` or None), ``seed``, ``schedule`` (``cosine`` … ``wsd``).
 
     Raises:
         MegasynthError: a changed setting of an existing run (:func:`check_run_dir`), missing
             mixture/tokenized files, bad parallel sizes, a checkpoint of a run with different settings,
-            recorded checkpoints none of which is readable.
+            recorded checkpoints none of which is readable, a branch that does not continue its source run
+            (:func:`check_branch`) or whose source has no checkpoint at the branch step.
         TrainingInterrupted: SIGTERM/SIGUSR1 arrived; a checkpoint was saved and a rerun resumes from it.
     """
     import torch.distributed as dist
@@ -271,6 +368,23 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     # with the old contents of the run directory moved to .attempt-N/ (megasynth.train.checkpoint).
     resumed = resume_or_restart(files.dir, state.load, name)
     resume, first = resumed is not None, resumed or 0
+    branch = t.branch_from
+    if not resume and branch is not None:  # a WSD cooldown branch: start from its trunk's checkpoint
+        from megasynth.train.checkpoint import checkpoint_dir
+
+        src_files = layout.run(branch.run_id)
+        if not src_files.config.is_file():
+            raise MegasynthError(f"train.branch_from.run_id: run {branch.run_id!r} has no {src_files.config} "
+                                 "(train it first)")
+        source = RunConfig.from_yaml(src_files.config)
+        check_branch(run, source, files.config)
+        path = checkpoint_dir(src_files.checkpoints, branch.step)
+        if not path.is_dir():
+            raise MegasynthError(f"train.branch_from: run {branch.run_id!r} has no checkpoint at step {branch.step} "
+                                 f"({path} not found; train it with train.checkpoint.save_steps including "
+                                 f"{branch.step})")
+        first = state.load_branch(path, source)
+        logger.info("%s: starting from step %d of run %s (%s)", name, first, branch.run_id, path)
     files.dir.mkdir(parents=True, exist_ok=True)
     if _rank0():
         with atomic_path(files.config) as tmp:
@@ -291,10 +405,10 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     metrics = MetricsLogger(files.dir, name, t.train_iters, t.log_interval, enabled=_rank0(),
                             flops_per_token=state.flops_per_token, num_devices=state.world_size,
                             peak_tflops=peak_tflops(t.peak_tflops), start_step=first)
-    save_interval = t.checkpoint.save_interval
+    save_interval, save_steps = t.checkpoint.save_interval, set(t.checkpoint.save_steps)
     stop = StopSignal(enabled=t.checkpoint.exit_signal_handler)
     loss, eval_losses = metrics.last_loss, metrics.last_eval_losses
-    saved_at = first if resume else None
+    saved_at = first if resume or branch is not None else None
     try:
         for step in range(first + 1, t.train_iters + 1):
             t0 = time.monotonic()
@@ -309,7 +423,7 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
                 for ev, ds in state.eval_ds.items():
                     eval_losses[ev] = state.evaluate(ds)
                     metrics.log_eval(step, consumed, ev, eval_losses[ev])
-            if save_interval and step % save_interval == 0 and step != t.train_iters:
+            if ((save_interval and step % save_interval == 0) or step in save_steps) and step != t.train_iters:
                 state.save(ckpt_root, step)
                 saved_at = step
             signum = stop.received() if stop.enabled else None
@@ -344,6 +458,9 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
         "synthetic_ratio": run.synthetic_ratio,
         "parallel": state.layout,
         "resumed_from": first if resume else None,
+        "branch_from": None if branch is None else {"run_id": branch.run_id, "step": branch.step},
+        "seed": t.seed,
+        "schedule": run.schedule,
     }
     if _rank0():
         write_json(files.summary, summary)

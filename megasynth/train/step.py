@@ -113,7 +113,6 @@ def setup_model_and_optimizer(model_cfg: "ModelConfig", train_cfg: "TrainConfig"
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.transformer.module import Float16Module
 
     from megasynth.model import builder, cpu_compat
@@ -142,12 +141,43 @@ def setup_model_and_optimizer(model_cfg: "ModelConfig", train_cfg: "TrainConfig"
         params_dtype=config.params_dtype, use_distributed_optimizer=p.use_distributed_optimizer)
     with cpu_compat.cpu_device_mode():
         optimizer = get_megatron_optimizer(opt_cfg, chunks)
-    scheduler = OptimizerParamScheduler(
-        optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=o.lr_warmup_iters,
-        lr_decay_steps=t.train_iters, lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay,
-        end_wd=o.weight_decay, wd_incr_steps=t.train_iters, wd_incr_style="constant")
+    scheduler = lr_scheduler(optimizer, t)
     scheduler.step(increment=1)
     return chunks, optimizer, scheduler
+
+
+def lr_scheduler(optimizer, train_cfg: "TrainConfig"):
+    """megatron-core's ``OptimizerParamScheduler`` of a run at step 0 (``train.optimizer`` fields).
+
+    Linear warmup from 0 over ``lr_warmup_iters`` steps, then ``lr_decay_style`` from ``lr`` to ``min_lr`` at
+    ``train_iters``; ``WSD`` holds ``lr`` until the last ``lr_wsd_decay_iters`` steps and decays over those
+    (``lr_wsd_decay_style``). Weight decay is constant. ``optimizer`` needs only ``param_groups`` (a list of
+    dicts, whose ``lr`` and ``weight_decay`` the scheduler sets), so the schedule can be evaluated without a
+    model (:func:`lr_schedule`).
+    """
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    t, o = train_cfg, train_cfg.optimizer
+    wsd = o.lr_decay_style == "WSD"
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=o.lr_warmup_iters,
+        lr_decay_steps=t.train_iters, lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay,
+        end_wd=o.weight_decay, wd_incr_steps=t.train_iters, wd_incr_style="constant",
+        wsd_decay_steps=o.lr_wsd_decay_iters if wsd else None, lr_wsd_decay_style=o.lr_wsd_decay_style if wsd else None)
+
+
+def lr_schedule(train_cfg: "TrainConfig", steps: int) -> list[float]:
+    """The learning rate of steps ``1..steps`` of a run (the value :func:`train_step` uses at each), from the
+    same megatron-core scheduler the run builds."""
+    from types import SimpleNamespace
+
+    group: dict = {}
+    scheduler = lr_scheduler(SimpleNamespace(param_groups=[group]), train_cfg)
+    out = []
+    for _ in range(steps):
+        scheduler.step(increment=1)
+        out.append(group["lr"])
+    return out
 
 
 def train_step(model, optimizer, scheduler, data_iterator, num_microbatches: int, seq_length: int,
