@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SBATCH = ROOT / "launch" / "train.sbatch"
 STUDY_SBATCH = ROOT / "launch" / "study.sbatch"
 SINGLE = ("tl", "rq")
-TASKS = {"B": ["b"], "C": ["c"], "A": ["a1", "a2"]}
-RUNS = (*SINGLE, *(r for ids in TASKS.values() for r in ids))
+TASKS = {"B": ["b"], "C": ["c"], "A": ["a1", "bad", "a2"]}
+"""``bad`` names a mixture that was never made: it fails (exit 2 in each rank) and task A goes on with a2."""
+RUNS = (*SINGLE, *(r for ids in TASKS.values() for r in ids if r != "bad"))
 LONG = {"runs": ("tl", "b", "c"), "steps": 1000, "save": 100, "act_at": 110, "ref": "c"}
 """Runs cut by a time limit: SIGUSR1 comes up to ~30 s after the cut, so they train for longer than that."""
 SHORT = {"runs": ("rq", "a1", "a2"), "steps": 160, "save": 20, "act_at": 25, "ref": "a2"}
@@ -133,10 +134,12 @@ def _make_study(root: Path) -> tuple[StudyConfig, StudyLayout]:
                   "optimizer": {"lr": 3e-3, "min_lr": 3e-4, "lr_warmup_iters": 2}, "eval_iters": 2,
                   "log_interval": 20, "seed": 7},
     })
-    for name in RUNS:  # the run files, as a sweep writes them before submitting
-        run, kind = RunConfig.from_study(cfg, name), _kind(name)
+    for name in (*RUNS, "bad"):  # the run files, as a sweep writes them before submitting
+        run, kind = RunConfig.from_study(cfg, "a1" if name == "bad" else name), _kind(name)
         run.train.train_iters, run.train.eval_interval = kind["steps"], kind["steps"] // 4
         run.train.checkpoint.save_interval = kind["save"]
+        if name == "bad":
+            run.run_id, run.mixture.name = "bad", "missing"
         layout.run(name).dir.mkdir(parents=True, exist_ok=True)
         layout.run(name).config.write_text(run.to_yaml())
     return cfg, layout
@@ -202,17 +205,13 @@ def slurm_runs(tmp_path_factory):
     outcome: dict = {}
 
     def sweep():
-        saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS")}
         try:
             executor.run(tasks, layout, cfg)
         except BaseException as e:  # noqa: BLE001 - reported by the tests
             outcome["error"] = e
-        finally:
-            for k, v in saved.items():
-                if v is not None:
-                    os.environ[k] = v
 
-    os.environ["PYTHONPATH"] = str(ROOT)  # sbatch (inside the executor) exports this environment
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PYTHONPATH", str(ROOT))  # sbatch (inside the executor) exports this process's environment
     thread = threading.Thread(target=sweep, daemon=True)
     thread.start()
 
@@ -226,7 +225,7 @@ def slurm_runs(tmp_path_factory):
             return f"{record['job_id']}_{index}"
         return job
 
-    for r, task in (("a1", "A"), ("a2", "A"), ("b", "B"), ("c", "C")):
+    for r, task in (("a1", "A"), ("bad", "A"), ("a2", "A"), ("b", "B"), ("c", "C")):
         logs[r] = task_log_dir(layout) / f"{task}.log"
     scenarios = {s.name: s for s in (
         Scenario("tl", "tl", "timelimit", lambda: jobs["tl"], logs["tl"]),
@@ -254,6 +253,7 @@ def slurm_runs(tmp_path_factory):
                         f"{ {n: s.state for n, s in scenarios.items()} }; logs: {tails}")
         time.sleep(0.3)
     thread.join()
+    patch.undo()
     print(f"slurm_runs: all jobs done in {time.monotonic() - start:.0f} s")
     outcome["running_max"] = running_max
     yield layout, scenarios, logs, outcome, jobs
@@ -321,15 +321,19 @@ def test_train_sbatch_scontrol_requeue(slurm_runs):
 @needs_cluster
 def test_sweep_array_requeue_and_time_limit(slurm_runs):
     """The sweep as one job array (%2): task A requeued by ``scontrol requeue`` while a1 trained, task B cut by
-    its time limit; each resumed its own run from the signal checkpoint, A then ran a2, C ran untouched, and
-    every run is complete once with the reference curve."""
+    its time limit; each resumed its own run from the signal checkpoint; in A the failing run ``bad`` was
+    recorded with its error and a2 still ran; C ran untouched; every other run is complete once, with the
+    reference curve."""
     layout, scenarios, logs, outcome, _ = slurm_runs
     assert "error" not in outcome, outcome.get("error")
     assert outcome["running_max"] == 2  # --array=...%2: two tasks at once, never three
     assert scenarios["A"].state == "acted" and scenarios["B"].state == "restored"
     record = next(json.loads(p.read_text()) for p in (layout.root / "slurm").glob("sweep-*.json"))
-    assert {t: o["done"] for t, o in record["outcome"].items()} == TASKS
-    assert all(not o["failed"] for o in record["outcome"].values())
+    assert {t: o["done"] for t, o in record["outcome"].items()} == {"B": ["b"], "C": ["c"], "A": ["a1", "a2"]}
+    assert {t: o["failed"] for t, o in record["outcome"].items()} == {"B": [], "C": [], "A": ["bad"]}
+    error = read_json(layout.run("bad").dir / "error.json")
+    assert error["error"].startswith("megasynth: error: ") and "mixtures/missing.json: mixture not found" in error[
+        "error"] and error["written_by"] == "executor" and error["exit_code"] == 1, error
     assert not (layout.root / "slurm" / "active.json").exists()
     script = Path(record["script"]).read_text()
     assert "#SBATCH --array=0-2%2" in script and "--gpus" not in script and "#SBATCH --signal=B:USR1@600" in script
@@ -340,12 +344,12 @@ def test_sweep_array_requeue_and_time_limit(slurm_runs):
         assert read_json(layout.run(run_id).summary)["resumed_from"] is None
     c_log = logs["c"].read_text()
     assert "attempt 2" not in c_log and "stopped by" not in c_log  # the other tasks' requeues left C alone
-    # A second call finds every task complete and submits nothing.
+    # A second call with the complete tasks submits nothing.
     from megasynth.study.executors.slurm import SlurmExecutor
 
     before = sorted((layout.root / "slurm").iterdir())
-    SlurmExecutor(SlurmExecutorConfig(time_limit=30, poll_interval_s=1)).run(
-        [Task(t, ids) for t, ids in TASKS.items()], layout)
+    SlurmExecutor(SlurmExecutorConfig(time_limit=30, poll_interval_s=1)).run([Task("B", ["b"]), Task("C", ["c"])],
+                                                                             layout)
     assert sorted((layout.root / "slurm").iterdir()) == before
 
 

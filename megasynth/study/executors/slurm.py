@@ -243,8 +243,10 @@ class SlurmExecutor:
                              "run_files": [str(f) for f in files]} for i, (t, files) in enumerate(tasks)]}
         write_json(script.with_suffix(".json"), record)
         write_json(sdir / "active.json", {**record, "record": str(script.with_suffix(".json"))})
-        logger.info("slurm: submitted array job %s (%d task(s), %s), script %s, task logs %s/<task_id>.log", job,
-                    len(tasks), " ".join(self.sbatch_options(len(tasks), logs)[1:5]), script, logs)
+        s = self.slurm
+        logger.info("slurm: submitted array job %s: %d task(s) of %d node(s) x %d rank(s), %d min each%s; script %s; "
+                    "task logs %s/<task_id>.log", job, len(tasks), s.nodes_per_task, self.ranks_per_node, s.time_limit,
+                    f", {s.max_concurrent} at once" if s.max_concurrent else "", script, logs)
         return record
 
     def wait_active(self, layout: StudyLayout) -> None:
@@ -305,9 +307,9 @@ class SlurmExecutor:
             for run_id, run_file in zip(task["run_ids"], task["run_files"]):
                 if run_id not in failed:
                     continue
-                error, why = layout.run(run_id).dir / ERROR_FILE, log_error(log, run_file)
+                error, (why, status) = layout.run(run_id).dir / ERROR_FILE, log_error(log, run_file)
                 if not error.is_file():
-                    _write_error(error, run_id, why, record["job_id"], task["index"])
+                    _write_error(error, run_id, why, status, record["job_id"], task["index"])
                 logger.error("slurm: run %s of task %s did not finish (array task %s_%d): %s; log %s", run_id,
                              task["task_id"], record["job_id"], task["index"], why, log)
             outcome[task["task_id"]] = {"done": done, "failed": failed, "log": str(log)}
@@ -343,31 +345,39 @@ def _count(states) -> str:
 
 
 _ERROR = re.compile(r"(megasynth: error: .*|\w*(Error|Exception)\b.*|.*\bfailed\b.*|.*CANCELLED.*|.*TIME LIMIT.*)")
+_STATUS = re.compile(r": failed \(status (\d+)\)")
 
 
-def log_error(log: Path, run_file: str) -> str:
-    """The first line that explains why ``run_file`` did not finish, from its task log: the last error line
-    after the run's last ``<run file>: training`` line (``megasynth: error: ...``, an exception, ``failed``),
-    else a note that the log has none."""
+def log_error(log: Path, run_file: str) -> tuple[str, Optional[int]]:
+    """Why ``run_file`` did not finish, from its task log: ``(line, exit status or None)``. The line comes from
+    the run's last attempt (after its last ``<run file>: training`` line): the last ``megasynth: error: ...``,
+    else the last exception, ``failed`` or SLURM ``CANCELLED`` line, else a note that the log has none; the
+    status from ``launch/train.sbatch``'s ``<run file>: failed (status N)``."""
     try:
         text = log.read_text(errors="replace").splitlines()
     except OSError:
-        return f"no task log {log}"
+        return f"no task log {log}", None
     start = max((i for i, line in enumerate(text) if f"{run_file}: training" in line), default=None)
     if start is None:
-        return "never started (the array task ended before this run)"
-    found = ""
+        return "never started (its array task ended before this run)", None
+    own, other, status = "", "", None  # megasynth's own one-line error first, else the last other error line
     for line in text[start + 1:]:
         if "train.sbatch: " in line and ": training" in line and run_file not in line:
             break
         m = _ERROR.search(line)
-        if m:
-            found = m.group(0).strip()
-    return found[:300] or "ended without finishing and without an error line (see the task log)"
+        if m and "train.sbatch: " not in line:
+            if m.group(0).startswith("megasynth: error: "):
+                own = m.group(0).strip()
+            else:
+                other = m.group(0).strip()
+        m = _STATUS.search(line)
+        if m and run_file in line:
+            status = int(m.group(1))
+    return (own or other)[:300] or "ended without finishing and without an error line (see the task log)", status
 
 
-def _write_error(path: Path, run_id: str, error: str, job_id: str, index: int) -> None:
+def _write_error(path: Path, run_id: str, error: str, status: Optional[int], job_id: str, index: int) -> None:
     """``runs/<run_id>/error.json`` for a run that ended without one (the format of the launcher's records)."""
-    write_json(path, {"run_id": run_id, "error": error, "type": "ExitStatus", "exit_code": None, "traceback": [],
+    write_json(path, {"run_id": run_id, "error": error, "type": "ExitStatus", "exit_code": status, "traceback": [],
                       "host": socket.gethostname(), "pid": os.getpid(), "utc": _utc().isoformat(timespec="seconds"),
                       "written_by": "executor", "slurm": {"array_job_id": job_id, "array_task_id": index}})
