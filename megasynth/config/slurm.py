@@ -1,7 +1,8 @@
 """``sweep.executor`` with ``type: slurm``: how a sweep's tasks run as one SLURM job array (the base floor).
 
-Read by :class:`megasynth.study.executors.slurm.SlurmExecutor`; every field maps to one ``sbatch`` option
-of the generated array script (``<study_dir>/slurm/sweep-<UTC time>.sbatch``)::
+Read by :class:`megasynth.study.executors.slurm.SlurmExecutor`: the fields become the ``sbatch`` options of the
+generated array script (``<study_dir>/slurm/sweep-<UTC time>.sbatch``), ``poll_interval_s`` is how often
+``sweep run`` asks ``squeue`` while it waits::
 
     sweep:
       executor:
@@ -26,10 +27,9 @@ from megasynth.utils import MegasynthError
 
 @dataclass
 class SlurmExecutorConfig:
-    """``sweep.executor`` for ``type: slurm``: a job array, one array task per sweep task."""
+    """``sweep.executor`` for ``type: slurm``: a job array, one array task per sweep task. The ranks per node
+    are one per GPU, or the executor's ``nproc_per_node`` on CPU nodes (a field of ``sweep.executor`` itself)."""
 
-    type: str = "slurm"
-    """Executor type; always ``slurm`` for this section."""
     partition: Optional[str] = None
     """``--partition`` (default: the cluster's default partition)."""
     account: Optional[str] = None
@@ -44,8 +44,6 @@ class SlurmExecutorConfig:
     (no GRES is requested, so the script submits to clusters without GPUs)."""
     cpus_per_task: Optional[int] = None
     """CPUs on each node of a task (``--cpus-per-task``, one SLURM task per node); default: one per rank."""
-    nproc_per_node: Optional[int] = None
-    """Training ranks per node; default ``gpus_per_task``, or 1 without GPUs."""
     max_concurrent: Optional[int] = None
     """Array tasks running at once (``--array=0-N%K``); default: as many as the cluster allows."""
     signal_before_s: int = 300
@@ -61,18 +59,12 @@ class SlurmExecutorConfig:
     poll_interval_s: float = 30.0
     """Seconds between ``squeue`` polls while ``sweep run`` waits for the array."""
 
-    @property
-    def ranks_per_node(self) -> int:
-        return self.nproc_per_node or self.gpus_per_task or 1
-
     def validate(self, where: str = "sweep.executor") -> None:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""
-        if self.type != "slurm":
-            raise MegasynthError(f"{where}.type: expected 'slurm', got {self.type!r}")
         for name in ("time_limit", "nodes_per_task"):
             if getattr(self, name) < 1:
                 raise MegasynthError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("cpus_per_task", "nproc_per_node", "max_concurrent"):
+        for name in ("cpus_per_task", "max_concurrent"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise MegasynthError(f"{where}.{name}: must be >= 1 (or null), got {getattr(self, name)}")
         if self.gpus_per_task < 0:
