@@ -11,8 +11,12 @@
 # (`hostname -s`, reached at 127.0.0.1), one partition `debug`, no accounting (no sacct: use
 # `scontrol show job` within MinJobAge), no cgroups. --cpus (default: nproc) may exceed the real core
 # count (SlurmdParameters=config_overrides), to run more single-CPU array tasks at once.
-# A slurm.conf that this script did not write is never overwritten. Facts behind the configuration:
-# ../shared/notes/slurm-single-node.md (Slurm 22.05 on Debian 12).
+# A slurm.conf that this script did not write is never overwritten; when `start` changes one it wrote
+# while the daemons run, it applies it with `scontrol reconfigure` (running jobs keep running).
+# KillWait=30 (Slurm's default): after SIGTERM (scancel, scontrol requeue, the time limit) a job has 30 s
+# to save its checkpoint before SIGKILL. sched_interval/bf_interval=5: a requeued job starts again within
+# seconds of its credential expiring (AuthInfo=cred_expire=10) instead of at the next 30-60 s pass.
+# Facts behind the configuration: Slurm 22.05 on Debian 12, one node, no systemd, no cgroups.
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
@@ -64,6 +68,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
@@ -77,7 +82,7 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
-KillWait=5
+KillWait=30
 OverTimeLimit=0
 InactiveLimit=0
 MinJobAge=300
@@ -85,7 +90,9 @@ Waittime=0
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+  if [[ -f $CONF ]] && cmp -s "$CONF.tmp" "$CONF"; then rm -f "$CONF.tmp"; return 0; fi
   mv "$CONF.tmp" "$CONF"
+  CONF_CHANGED=1
 }
 
 alive() {  # alive PIDFILE NAME: the PID in PIDFILE runs a process called NAME
@@ -107,7 +114,11 @@ cmd_start() {
   done
   [[ $cpus =~ ^[1-9][0-9]*$ ]] || die "--cpus: expected a positive integer, got $cpus"
   command -v slurmctld >/dev/null || die "slurm-wlm is not installed (run: $0 install)"
+  CONF_CHANGED=""
   write_conf "$cpus"
+  if [[ -n $CONF_CHANGED ]] && alive /run/slurm/slurmctld.pid slurmctld; then
+    scontrol reconfigure && echo "slurm_cluster: $CONF changed: reconfigured the running daemons"
+  fi
   mkdir -p /run/munge /run/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
   chown munge:munge /run/munge; chown slurm:slurm /var/spool/slurmctld /var/log/slurm
   alive /run/munge/munged.pid munged || runuser -u munge -- /usr/sbin/munged
@@ -152,6 +163,6 @@ case ${1:-} in
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
   status) shift; cmd_status "$@" ;;
-  -h|--help|"") sed -n '2,16p' "$0"; [[ -n ${1:-} ]] ;;
+  -h|--help|"") sed -n '2,19p' "$0"; [[ -n ${1:-} ]] ;;
   *) die "unknown command $1 (install, start, status, stop)" ;;
 esac

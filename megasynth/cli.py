@@ -13,8 +13,8 @@ Analysis of any results table (one machine or a cluster sweep) runs outside a st
 ``megasynth fit TABLE --law chinchilla ...`` and ``megasynth analyze {optimal-ratio,efficiency,unigrams,
 generators} ...`` (see :mod:`megasynth.analysis.cli`).
 
-Exit codes: 0 success, 2 bad input (one-line error naming the field or ``file:line``), 1 other errors,
-130 interrupted.
+Exit codes: 0 success, 2 bad input (one-line error naming the field or ``file:line``), 3 training stopped
+by SIGTERM/SIGUSR1 after saving a checkpoint (rerun to resume), 1 other errors, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_stage(command, cfg, layout)
     except MegasynthError as e:
+        from megasynth.train.signals import TrainingInterrupted
+
+        if isinstance(e, TrainingInterrupted):  # a checkpoint was saved: not bad input (launch/study.sbatch)
+            print(f"megasynth: {e}", file=sys.stderr)
+            return 3
         return cli_error(e)
     except KeyboardInterrupt:
         print("megasynth: interrupted; rerun the same command to continue", file=sys.stderr)

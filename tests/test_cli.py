@@ -104,6 +104,7 @@ SKIP = {  # first words of README commands the test does not run -> why
     "make": "creates the venv and runs the whole study or the whole suite (minutes)",
     "docker": "needs Docker",
     "megasynth sweep run": "trains a whole sweep (an hour on 2 cores; tests/test_sweep.py runs a small one)",
+    "launch/slurm_cluster.sh": "installs and starts system daemons (root); tests/test_slurm.py uses the cluster",
 }
 DRY_RUN = {  # long README commands, checked with --dry-run (resolved config and layout; nothing trained)
     "megasynth run examples/quickstart.yaml --study-dir studies/q2 sweep.budgets.tokens=[51200,102400,204800]":
@@ -164,10 +165,14 @@ def _argv(cmd: str) -> list[str] | None:
         return None
     if any(cmd == k or (k.endswith("--nproc") and cmd.startswith(k)) for k in DRY_RUN):
         words.append("--dry-run")
-    if words[0] == "sbatch":  # the job's training step, dry: one process per GPU of --nodes 8-GPU nodes
-        nodes = int(words[words.index("--nodes") + 1])
-        rest = words[words.index("launch/train.sbatch") + 1:]
-        return [sys.executable, "-m", "megasynth.study.launch", *rest, "--dry-run", "--nproc", str(8 * nodes)]
+    if words[0] == "sbatch":  # the job's step, dry: as many ranks as the job would start (launch/train.sbatch)
+        i = next(i for i, w in enumerate(words) if w.startswith("launch/"))
+        opts = dict(zip(words[1:i:2], words[2:i:2]))  # the README passes sbatch options as `--name value`
+        if words[i] == "launch/study.sbatch":
+            return [*MEGASYNTH, "run", *words[i + 1:], "--dry-run"]
+        per_node = int(opts.get("--gpus-per-node") or opts.get("--ntasks-per-node") or 1)
+        nproc = int(opts.get("--nodes", 1)) * per_node
+        return [sys.executable, "-m", "megasynth.study.launch", *words[i + 1:], "--dry-run", "--nproc", str(nproc)]
     head = {"megasynth": MEGASYNTH, "python": [sys.executable], "launch/train.sh": ["bash", "launch/train.sh"]}
     return [*head.get(words[0], [words[0]]), *words[1:]]
 

@@ -312,6 +312,32 @@ def test_signal_checkpoint_and_bitwise_resume(study, signum):
     assert summary["final_eval_loss"] == read_json(layout.run_dir("natural-ref") / "summary.json")["final_eval_loss"]
 
 
+def test_signal_before_the_first_step(study):
+    """A SIGTERM recorded before the run starts (the launcher installs the handlers before torch loads) stops
+    it before step 1 with nothing saved; the next attempt trains normally, every step once."""
+    from megasynth.train import TrainingInterrupted
+    from megasynth.train.signals import install_stop_handlers, pending_signal, uninstall_stop_handlers
+
+    cfg, layout = study
+    name = "natural-early"
+    write_json(layout.mixture(name), {**read_json(layout.mixture("natural")), "name": name})
+    mark_done(layout.mixture(name))
+    rcfg = _resume_cfg(cfg, name, train_iters=4)
+    assert install_stop_handlers()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded, not fatal
+        assert pending_signal() == signal.SIGTERM
+        with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM before step 1/4; nothing new to save"):
+            train_one(rcfg, layout, name)
+        assert pending_signal() is None  # consumed: the next attempt starts clean
+        assert not (layout.run_dir(name) / "checkpoints").exists()
+        summary = train_one(rcfg, layout, name)
+    finally:
+        uninstall_stop_handlers()
+    assert summary["resumed_from"] is None
+    assert [r["step"] for r in read_jsonl(layout.run_dir(name) / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
 def test_bad_mixture_inputs(study):
     cfg, layout = study
     with pytest.raises(MegasynthError, match="unknown mixture"):

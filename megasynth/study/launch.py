@@ -18,7 +18,9 @@ start; end, exit code and state when it ends) and, when it fails, ``runs/<run_id
 first line, type, exit code, traceback tail): :mod:`megasynth.study.attempts`, read by ``megasynth sweep status``.
 
 Exit status: 0 done, 2 bad input (:class:`~megasynth.utils.MegasynthError`), 3 stopped by
-SIGTERM/SIGUSR1 after saving a checkpoint (rerun to resume), 1 other errors.
+SIGTERM/SIGUSR1 after saving a checkpoint (rerun to resume). The stop handlers are installed as soon as the
+runs are known (before torch loads), so a signal during start-up also ends in exit 3
+(:mod:`megasynth.train.signals`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                    else {"runs": [{"run_id": i, **p} for i, p in zip(ids, plans)]})
             print(yaml.safe_dump(out, sort_keys=False), end="")
             return 0
+        if all(r.train.checkpoint.exit_signal_handler for r in runs):
+            # Before torch and megatron load: a SIGTERM/SIGUSR1 while the job starts stops it cleanly (exit 3).
+            from megasynth.train.signals import install_stop_handlers
+
+            install_stop_handlers()
         from megasynth.study.runner import prepare_study_dir, record_invocation
         from megasynth.train import TrainingInterrupted, train_one
 

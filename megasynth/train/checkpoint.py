@@ -27,6 +27,13 @@ Safety (nothing a run wrote is deleted unless ``keep_last`` asks for it):
   restarts from step 0 with its old contents moved to ``<run>/.attempt-N/`` (:func:`move_aside`).
 - :func:`save_checkpoint` refuses to overwrite a recorded checkpoint; with ``keep_last`` it then deletes
   the oldest ``iter_*`` directories beyond the newest ``keep_last`` (:func:`prune_checkpoints`).
+- Saves start no process (:func:`save_strategy`): megatron-core's default ``torch_dist`` writer forks
+  writer processes and keeps a ``multiprocessing`` manager process for their results; when SLURM ends a
+  job (``scontrol requeue``, ``scancel``, preemption, the time limit) it sends SIGTERM to every process
+  of the job, the manager dies, and the save that the same SIGTERM asked for failed with
+  ``BrokenPipeError``/``ConnectionResetError`` in ``filesystem_async``. Here every shard is written by
+  torch DCP's ``FileSystemWriter`` in threads of the saving process itself, with megatron-core's
+  planner, so the files are the same ``torch_dist`` format.
 """
 
 from __future__ import annotations
@@ -130,6 +137,38 @@ def _state_dict(chunks: list, optimizer, scheduler, rng: bool, is_loading: bool)
     return sd
 
 
+SAVE_THREADS = 2
+"""Threads (and files) per rank of a save: megatron-core's default ``thread_count`` for ``torch_dist``."""
+
+
+def save_strategy():
+    """megatron-core's ``torch_dist`` save strategy, writing in this process (threads only, no fork).
+
+    A :class:`~megatron.core.dist_checkpointing.strategies.torch.TorchDistSaveShardedStrategy` whose
+    synchronous ``save`` translates the sharded state dict exactly as megatron-core does
+    (``_replace_state_dict_keys_with_sharded_keys``, ``mcore_to_pyt_state_dict``, ``MCoreSavePlanner``)
+    and writes it with ``torch.distributed.checkpoint.save`` and a ``FileSystemWriter`` of
+    :data:`SAVE_THREADS` threads (``__<rank>_<k>.distcp`` files, fsync'd, then ``.metadata``). The
+    checkpoint loads with ``dist_checkpointing.load`` like one of megatron's default strategy. Nothing
+    else runs during the save, so a SIGTERM that reaches every process of a SLURM job cannot break it.
+    """
+    from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner, TorchDistSaveShardedStrategy,
+                                                                   _replace_state_dict_keys_with_sharded_keys,
+                                                                   mcore_to_pyt_state_dict)
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint import save as dcp_save
+
+    class InProcessTorchDistSave(TorchDistSaveShardedStrategy):
+        def save(self, sharded_state_dict, checkpoint_dir) -> None:
+            sd, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, self.keep_only_main_replica)
+            writer = FileSystemWriter(str(checkpoint_dir), thread_count=self.thread_count, sync_files=True)
+            planner = MCoreSavePlanner(dedup_replicated_tensors=not self.keep_only_main_replica,
+                                       flatten_state_dict=False)
+            dcp_save(mcore_to_pyt_state_dict(sd, False), storage_writer=writer, planner=planner)
+
+    return InProcessTorchDistSave("torch_dist", 1, thread_count=SAVE_THREADS)
+
+
 def save_checkpoint(model, root: str | Path, step: int, optimizer=None, scheduler=None,
                     common: Optional[dict] = None, keep_last: Optional[int] = None,
                     keep_steps: Iterable[int] = ()) -> Path:
@@ -171,7 +210,7 @@ def save_checkpoint(model, root: str | Path, step: int, optimizer=None, schedule
         sd = _state_dict(_chunks(model), optimizer, scheduler, rng=full, is_loading=False)
         sd["iteration"] = step
         sd.update(common or {})
-        dist_checkpointing.save(sd, str(path))
+        dist_checkpointing.save(sd, str(path), sharded_strategy=save_strategy())
     _barrier()
     if _rank0():
         with atomic_path(Path(root) / LATEST_FILE) as tmp:

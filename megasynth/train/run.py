@@ -410,6 +410,12 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     loss, eval_losses = metrics.last_loss, metrics.last_eval_losses
     saved_at = first if resume or branch is not None else None
     try:
+        signum = stop.received() if stop.enabled else None
+        if signum:  # arrived while the run started: nothing new to save
+            stop.consume()
+            where = f"resumes from step {first}" if resume else "starts from step 0"
+            raise TrainingInterrupted(f"{name}: stopped by {signal.Signals(signum).name} before step {first + 1}/"
+                                      f"{t.train_iters}; nothing new to save, a rerun {where}")
         for step in range(first + 1, t.train_iters + 1):
             t0 = time.monotonic()
             lr = state.lr  # the lr this step uses
@@ -430,6 +436,7 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
             if signum and step != t.train_iters:
                 if saved_at != step:
                     state.save(ckpt_root, step)
+                stop.consume()
                 metrics.close()
                 raise TrainingInterrupted(f"{name}: stopped by {signal.Signals(signum).name} after step "
                                           f"{step}/{t.train_iters}; checkpoint saved, rerun to resume")
