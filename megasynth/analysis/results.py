@@ -27,8 +27,8 @@ from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, mar
 logger = logging.getLogger("megasynth.analysis")
 
 COLUMNS = ("run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens", "synthetic_ratio",
-           "eval_set", "loss", "synthetic_sources")
-REQUIRED_COLUMNS = COLUMNS[:-1]  # tables written before ``synthetic_sources`` existed still parse
+           "eval_set", "loss", "synthetic_sources", "generator")
+REQUIRED_COLUMNS = COLUMNS[:9]  # tables written before ``synthetic_sources``/``generator`` existed still parse
 SUMMARY_KEYS = ("mixture", "preset", "n_params", "n_params_non_embedding", "synthetic_ratio")
 EVAL_KEYS = ("step", "consumed_tokens", "eval_set", "loss")
 
@@ -49,6 +49,8 @@ class ResultRow:
     loss: float
     synthetic_sources: str = ""
     """Synthetic sources of the mixture with a non-zero share, ``+``-joined (``""`` for all-natural)."""
+    generator: str = ""
+    """Generator(s) of those sources (their manifests' ``generator.name``), ``+``-joined in order (``""``: none)."""
 
     @property
     def sort_key(self) -> tuple:
@@ -68,7 +70,7 @@ def _float_field(value, where: str) -> float:
     return float(value)
 
 
-def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[ResultRow]:
+def collect_run(run: str, run_dir: Path, synthetic_sources: str = "", generator: str = "") -> list[ResultRow]:
     """Rows of one finished run from ``run_dir/{summary.json, evals.jsonl}``.
 
     A repeated (step, eval set) — e.g. re-evaluated after a resume — keeps the last occurrence.
@@ -89,7 +91,7 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[Re
         n_params=_int_field(summary["n_params"], f"{summary_path}: n_params"),
         n_params_non_embedding=_int_field(summary["n_params_non_embedding"], f"{summary_path}: n_params_non_embedding"),
         synthetic_ratio=_float_field(summary["synthetic_ratio"], f"{summary_path}: synthetic_ratio"),
-        synthetic_sources=synthetic_sources)
+        synthetic_sources=synthetic_sources, generator=generator)
     by_key: dict[tuple[int, str], ResultRow] = {}
     for lineno, rec in read_jsonl_numbered(evals_path, EVAL_KEYS):
         where = f"{evals_path}:{lineno}"
@@ -122,7 +124,7 @@ def write_results(path: Path, rows: list[ResultRow]) -> None:
         w.writerow(COLUMNS)
         for r in sorted(rows, key=lambda r: r.sort_key):
             w.writerow([r.run, r.mixture, r.preset, r.n_params, r.n_params_non_embedding, r.tokens,
-                        repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources])
+                        repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources, r.generator])
 
 
 def read_results(path: Path) -> list[ResultRow]:
@@ -146,10 +148,33 @@ def read_results(path: Path) -> list[ResultRow]:
                     run=rec["run"], mixture=rec["mixture"], preset=rec["preset"], n_params=int(rec["n_params"]),
                     n_params_non_embedding=int(rec["n_params_non_embedding"]), tokens=int(rec["tokens"]),
                     synthetic_ratio=float(rec["synthetic_ratio"]), eval_set=rec["eval_set"], loss=float(rec["loss"]),
-                    synthetic_sources=rec.get("synthetic_sources") or ""))
+                    synthetic_sources=rec.get("synthetic_sources") or "", generator=rec.get("generator") or ""))
             except (TypeError, ValueError) as e:
                 raise MegasynthError(f"{where}: malformed row ({e})") from None
     return rows
+
+
+def run_generator(run: RunConfig, layout: StudyLayout) -> str:
+    """The generator(s) of ``run``'s synthetic sources, ``+``-joined in order of first use (``""``: none).
+
+    Read from each source's ``synthetic/<source>/manifest.json`` (``generator.name``); a source without a manifest
+    falls back to the part of its name after ``@`` (``hq@llama-8b`` -> ``llama-8b``), else nothing.
+    """
+    names: list[str] = []
+    for src in run.synthetic_sources:
+        path = layout.synthetic_manifest(src)
+        name = None
+        if path.exists():
+            try:
+                gen = read_json(path).get("generator")
+                name = gen.get("name") if isinstance(gen, dict) else gen
+            except MegasynthError:
+                name = None
+        if not name and "@" in src:
+            name = src.split("@", 1)[1]
+        if name and name not in names:
+            names.append(str(name))
+    return "+".join(names)
 
 
 def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfig], list[RunConfig], str]:
@@ -157,8 +182,8 @@ def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfi
     finished = [r for r in runs if layout.run(r.run_id).summary.exists()]
     unfinished = [r for r in runs if r not in finished]
     inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals)]
-    digest = _inputs_hash(inputs, json.dumps({r.run_id: "+".join(r.synthetic_sources) for r in finished},
-                                             sort_keys=True))
+    digest = _inputs_hash(inputs, json.dumps({r.run_id: ["+".join(r.synthetic_sources), run_generator(r, layout)]
+                                              for r in finished}, sort_keys=True))
     return finished, unfinished, digest
 
 
@@ -184,7 +209,8 @@ def run_evaluate(runs: list[RunConfig], layout: StudyLayout) -> None:
         logger.warning("run %s is not finished (no %s); skipped", run.run_id, layout.run(run.run_id).summary)
     rows: list[ResultRow] = []
     for run in finished:
-        rows.extend(collect_run(run.run_id, layout.run_dir(run.run_id), "+".join(run.synthetic_sources)))
+        rows.extend(collect_run(run.run_id, layout.run_dir(run.run_id), "+".join(run.synthetic_sources),
+                                run_generator(run, layout)))
     write_results(layout.results, rows)
     mark_done(layout.results, {"inputs_sha256": digest, "runs": [r.run_id for r in finished],
                                "skipped_unfinished": [r.run_id for r in unfinished], "rows": len(rows)})

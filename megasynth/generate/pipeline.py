@@ -235,8 +235,7 @@ def run_generate(cfg: StudyConfig, layout: StudyLayout, *, engine_factory: Optio
             specs[x.name] = resolve_generator(x.model, x.name, where=where)
     tokenizers = {name: AutoTokenizer.from_pretrained(str(s.path)) for name, s in specs.items()}
     engines = EngineCache(g, engine_factory, record_dir=layout.engines_dir)
-    if engine_factory is None:
-        cleanup_dead_engines(layout.engines_dir)
+    cleanup_dead_engines(layout.engines_dir)  # what engines of this study killed on this host left in /dev/shm
     try:
         with stop_on_signals():
             # servers first: an unreachable endpoint stops the run before anything is written
