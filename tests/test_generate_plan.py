@@ -231,3 +231,26 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_g
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("megasynth: error: generation.server.endpoints: http://127.0.0.1:9/v1 failed GET /v1/models")
     assert not (tmp_path / "s" / "synthetic").exists() and not (tmp_path / "s" / "plan").exists()
+
+
+def test_serve_dry_run_prints_one_server_per_local_endpoint(tmp_path, tiny_generator_dir, capsys):
+    import yaml
+
+    from megasynth.cli import main
+
+    d = _base(tmp_path)
+    d["generation"]["generators"] = [
+        {"name": "local", "model": str(tiny_generator_dir)},
+        {"name": "big", "model": str(tiny_generator_dir), "backend": "server", "tensor_parallel_size": 2,
+         "server": {"endpoints": ["http://127.0.0.1:8123/v1", "http://far-away-node:8000/v1"],
+                    "api_key_env": "SOME_KEY", "model": "big-served"}}]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    assert main(["serve", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("big: http://127.0.0.1:8123/v1: bash ") and "launch/serve.sh --port 8123 --host 127.0.0.1 " \
+        "--tp 2 --replicas 1 --dtype float32 --max-model-len 1024 --name big-served --api-key-env SOME_KEY " in out[0]
+    assert out[0].endswith(f"{tiny_generator_dir} -- --max-num-seqs 32 --seed 1234")
+    assert out[1] == ("big: http://far-away-node:8000/v1 is on another host: run `megasynth serve STUDY.yaml "
+                      "--generator big` there")
+    assert main(["serve", str(tmp_path / "s.yaml"), "--generator", "nope"]) == 2
+    assert "--generator: unknown generator 'nope'" in capsys.readouterr().err

@@ -308,8 +308,8 @@ def test_sigterm_then_sigkill_mid_shard_then_resume_every_request_exactly_once(t
     counts = {}
     for source in ("hq", "qa"):
         kept, rejected = _outputs(layout, source)
-        got = sorted(tuple(r["id"][len(source) + 1:].rsplit("-", 1)) for r in kept + rejected)
-        assert [(d, int(c)) for d, c in got] == planned  # each once, none twice, none missing
+        got = sorted((d, int(c)) for d, c in (r["id"][len(source) + 1:].rsplit("-", 1) for r in kept + rejected))
+        assert got == planned  # each once, none twice, none missing
         m = json.loads(layout.synthetic_manifest(source).read_text())
         assert m["counts"]["requests"] == len(planned) == m["counts"]["kept"] + sum(m["counts"]["filtered"].values())
         texts = {r["id"]: r["text"] for r in kept + rejected}
