@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -122,13 +123,16 @@ def test_shm_cleanup_removes_only_recorded_segments_of_dead_engines(tmp_path):
 
     root, records = tmp_path / "shm", tmp_path / "engines"
     root.mkdir()
-    rec = EngineShm(records, root=root)
+    rec = EngineShm(records, root=root, track=False)
     (root / "other-before").write_bytes(b"x")
     rec.start()
     for name in ("psm_aaaa", "psm_bbbb", "sem.mp-cccc", "held-by-me"):
         (root / name).write_bytes(b"x")
-    held = open(root / "held-by-me", "rb")  # a segment this process holds open is recorded (our tree) ...
+    held = open(root / "held-by-me", "rb")  # only what this process tree holds is recorded ...
+    kept = [open(root / n, "rb") for n in ("psm_aaaa", "psm_bbbb", "sem.mp-cccc")]
     assert rec.started("test") == ["held-by-me", "psm_aaaa", "psm_bbbb", "sem.mp-cccc"]
+    for f in kept:
+        f.close()
     record = json.loads(rec.path.read_text())
     assert record["pid"] == os.getpid() and record["start_time"] == process_start_time(os.getpid())
     assert cleanup_dead_engines(records, root=root) == []  # the recorder is alive: nothing happens
@@ -144,6 +148,46 @@ def test_shm_cleanup_removes_only_recorded_segments_of_dead_engines(tmp_path):
     assert sorted(os.listdir(root)) == ["after", "held-by-me", "other-before"]
     assert not list(records.iterdir())
     held.close()
+    rec2 = EngineShm(records, root=root, track=False)
+    rec2.start()
+    (root / "unheld-new").write_bytes(b"x")  # appeared during the start, held by no one: not claimed
+    assert rec2.started() == []
+
+
+def test_resource_tracker_log_attributes_what_a_killed_process_tree_registered(tmp_path):
+    """A process (own session) starts the tracker, creates a shared-memory segment and a spawn-context lock
+    (both registered), then the whole group is killed: the rerun's cleanup removes exactly those."""
+    from megasynth.generate.shm import SHM_DIR, cleanup_dead_engines
+
+    code = ("import multiprocessing, os, sys, time\n"
+            "from multiprocessing import shared_memory\n"
+            "from megasynth.generate.shm import EngineShm\n"
+            "rec = EngineShm(sys.argv[1]); rec.start()\n"
+            "shm = shared_memory.SharedMemory(create=True, size=4096)\n"
+            "lock = multiprocessing.get_context('spawn').Lock()\n"
+            "rec.started('probe')\n"
+            "print(shm.name.lstrip('/'), 'sem.' + lock._semlock.name.lstrip('/'), rec.tracked, flush=True)\n"
+            "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "engines")], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    *names, tracked = proc.stdout.readline().split()
+    log = next((tmp_path / "engines").glob("*.registered"))
+    deadline = time.monotonic() + 60
+    while not all(n.removeprefix("sem.") in log.read_text() for n in names):  # the tracker logs asynchronously
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    assert tracked == "True" and names[0].startswith("psm_") and names[1].startswith("sem.mp-"), names
+    time.sleep(0.5)  # the tracker died with the group: both are still there
+    assert all((SHM_DIR / n).exists() for n in names)
+    decoy = SHM_DIR / f"megasynth-test-decoy-{os.getpid()}"
+    decoy.write_bytes(b"not ours")
+    try:
+        assert sorted(cleanup_dead_engines(tmp_path / "engines")) == sorted(names)
+        assert decoy.exists() and not any((SHM_DIR / n).exists() for n in names)
+    finally:
+        decoy.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ sources

@@ -194,9 +194,15 @@ def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
         MegasynthError: a missing input, malformed JSONL (``file:line``), or a complete source that
             was tokenized with a different tokenizer than the current one.
     """
+    from megasynth.data.clean import decontaminate_done
+
+    sources = _sources(cfg, layout)  # raises for a synthetic source not generated yet
+    if cfg.decontaminates and not decontaminate_done(cfg, layout):
+        raise MegasynthError(f"{layout.decontaminated('*').parent}: the training sources are not decontaminated (or "
+                             "their inputs changed since); run `megasynth decontaminate` first")
     tokenizer = ensure_tokenizer(cfg, layout)
     logger.info("tokenizer %s: vocab_size %d, eod %d", tokenizer.name, tokenizer.vocab_size, tokenizer.eod)
-    for name, kind, paths in _sources(cfg, layout):
+    for name, kind, paths in sources:
         prefix = layout.tokenized_prefix(name)
         stats_path = layout.tokenized_stats(name)
         if _tokenized(layout, name, tokenizer, paths):

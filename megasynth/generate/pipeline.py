@@ -317,14 +317,8 @@ class _ShardState:
     def __init__(self, job: SourceJob, k: int, excerpts: list[PlannedExcerpt], partial: PartialShard):
         self.job, self.k, self.partial = job, k, partial
         self.keys = {ex.key for ex in excerpts}
-        self.excerpts = excerpts
-
-    @property
-    def remaining(self) -> int:
-        return len(self.keys) - sum(1 for key in self.partial.entries if key in self.keys)
-
-    def kept_tokens(self) -> int:
-        return sum(e["record"]["output_tokens"] for e in self.partial.entries.values() if e.get("reason") is None)
+        self.remaining = len(self.keys - partial.entries.keys())
+        """Planned requests of the shard without a record yet."""
 
 
 class _Queue:
@@ -347,10 +341,9 @@ class _Queue:
 
     # -------------------------------------------------------------------------------- producer
     def _reached(self, job: SourceJob, k: int) -> bool:
-        if job.target is None:
-            return False
-        inflight = sum(st.kept_tokens() for (name, j), st in self.open.items() if name == job.name and j < k)
-        return self.tally[job.name].before(k) + inflight >= job.target
+        """Whether the complete shards below ``k`` (any rank's) already hold ``job.target`` kept tokens. Only
+        complete shards count: then the shards below the first one skipped all complete, and reach the target."""
+        return job.target is not None and self.tally[job.name].before(k) >= job.target
 
     def _requests(self) -> Iterator[Request]:
         g = self.g
@@ -448,6 +441,7 @@ class _Queue:
         }
         st.partial.append({"key": ex.key, "position": ex.position, "chunk": ex.chunk, "reason": reason,
                            "record": record})
+        st.remaining -= 1
         if st.remaining == 0:
             self._finalize(st)
 
