@@ -248,3 +248,36 @@ def test_run_report_without_results_is_an_error(tmp_path):
     cfg = _cfg(tmp_path)
     with pytest.raises(MegasynthError, match="results.csv: file not found"):
         run_report(cfg, StudyLayout.of(cfg.study_dir))
+
+
+def test_report_compares_generators_and_shows_decontamination(tmp_path):
+    """Two generators at the same ratio: their final losses, data-law floors and speed-ups side by side; and the
+    decontamination counts."""
+    from megasynth.analysis.report_sections import extra_sections
+    from megasynth.analysis.results import ResultRow
+
+    layout = StudyLayout.of(tmp_path)
+    rows = []
+    for mixture, gen, src, ratio, E in (("natural", "", "", 0.0, 3.0), ("hq33-a", "a", "hq@a", 0.33, 2.8),
+                                         ("hq33-b", "b", "hq@b", 0.33, 2.9)):
+        for D in (1e5, 2e5, 4e5, 8e5, 1.6e6):
+            rows.append(ResultRow(run=mixture, mixture=mixture, preset="llama3-tiny", n_params=10_000_000,
+                                  n_params_non_embedding=2_000_000, tokens=int(D), synthetic_ratio=ratio,
+                                  eval_set="wiki", loss=E + 400.0 * D ** -0.5, synthetic_sources=src, generator=gen))
+    (tmp_path / "decontamination.json").write_text(json.dumps({
+        "method": "word 13-grams", "documents_checked": 10, "documents_removed": 1,
+        "sources": {"sotu": {"kind": "natural", "eval_sets": {"wiki": {
+            "documents_checked": 10, "documents_removed": 1, "ngrams_matched": 3,
+            "examples": ["the union is strong and the state of the union"]}}}}}))
+    md, files = extra_sections(rows, layout, "natural", n_bootstrap=20, seed=0, ci_level=0.9)
+    text = "\n".join(md)
+    assert "## Generators" in text and layout.fit("generators") in files
+    lines = [l for l in md if l.startswith("| hq |")]
+    assert [l.split(" | ")[3] for l in lines] == ["a", "b"]  # same style, same ratio, one row per generator
+    for line, E in zip(lines, (2.8, 2.9)):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == "33%" and float(cells[6]) == pytest.approx(E + 400.0 * 1.6e6 ** -0.5, abs=1e-3)
+        assert cells[7].startswith(f"{E:.3f}") and "[" in cells[8]  # E with its CI; speed-up with its CI
+    g = json.loads(layout.fit("generators").read_text())
+    assert [x["generator"] for x in g["generators"]] == ["a", "b"]
+    assert "## Decontamination" in text and "| sotu | natural | wiki | 10 | 1 | 3 |" in text

@@ -149,6 +149,7 @@ def start_tracker(log: Path) -> bool:
     if getattr(tracker, "_fd", None) is not None:
         return _TRACKER.get("pid") == getattr(tracker, "_pid", None) and _TRACKER.get("log") == str(log)
     log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()
     r, w = os.pipe()
     fds = [r]
     try:
