@@ -259,12 +259,15 @@ def test_sigterm_then_sigkill_mid_shard_then_resume_every_request_exactly_once(t
     layout = StudyLayout.of(cfg.study_dir)
     root = layout.root
 
-    # 1. SIGTERM (what SLURM sends first) once a shard is partly written: a clean exit, nothing left in /dev/shm.
+    # 1. SIGTERM (what SLURM sends first, to every process, and launch/generate.sbatch forwards once more) once a
+    #    shard is partly written: a clean exit, nothing left in /dev/shm.
     proc = _start(study_file)
     _wait(proc, lambda: any(n >= 3 for n in _lines(root).values()), "3 records in a partial file")
     record = json.loads(next(layout.engines_dir.glob("*.json")).read_text())
     assert record["pid"] == proc.pid and record["segments"], record
-    proc.send_signal(signal.SIGTERM)  # to the process only, as `kill PID`
+    os.killpg(proc.pid, signal.SIGTERM)  # as SLURM: every process of the job (vLLM's too) ...
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # ... and again from the batch script's trap, during the shutdown
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 143, out[-3000:]
     assert "interrupted; rerun the same command" in out

@@ -236,8 +236,8 @@ def run_generate(cfg: StudyConfig, layout: StudyLayout, *, engine_factory: Optio
     tokenizers = {name: AutoTokenizer.from_pretrained(str(s.path)) for name, s in specs.items()}
     engines = EngineCache(g, engine_factory, record_dir=layout.engines_dir)
     cleanup_dead_engines(layout.engines_dir)  # what engines of this study killed on this host left in /dev/shm
-    try:
-        with stop_on_signals():
+    with stop_on_signals():  # also over the shutdown: a second SIGTERM (SLURM and its batch script) is ignored
+        try:
             # servers first: an unreachable endpoint stops the run before anything is written
             for x in gens:
                 if x.backend == "server" and any(t[2] == x.name for t in todo):
@@ -250,8 +250,8 @@ def run_generate(cfg: StudyConfig, layout: StudyLayout, *, engine_factory: Optio
                 run_synthllm(cfg, layout, engine_factory=engines.get)
             elif synthllm:
                 logger.info("generate synthllm: left to rank 0")
-    finally:
-        engines.close()  # ours (no engine_factory): free its processes, memory and /dev/shm before the next stage
+        finally:
+            engines.close()  # ours (no engine_factory): free its processes, memory and /dev/shm before the next stage
 
 
 def _generate_styles(cfg, layout, todo, gens, specs, tokenizers, engines, rank: int, world: int) -> None:
