@@ -26,6 +26,8 @@ import sys
 from megasynth.study.stages import RUN_HELP, STAGES
 from megasynth.study.sweep_cli import COMMANDS as GROUP_COMMANDS
 
+SERVE_HELP = "start vLLM servers for the study's server generators and print their endpoints"
+
 ANALYSIS_COMMANDS = {
     "fit": "fit scaling laws (data, rectified, Chinchilla) to a results table (CSV/Parquet)",
     "analyze": "optimal ratio, compute efficiency, unigram statistics, generator comparison",
@@ -33,8 +35,8 @@ ANALYSIS_COMMANDS = {
 
 
 def study_commands() -> dict[str, str]:
-    """Command name -> one-line help of every command that runs a study: the stages, then ``run``."""
-    return {**{s.name: s.help for s in STAGES}, "run": RUN_HELP}
+    """Command name -> one-line help of every command that runs a study: the stages, ``run`` and ``serve``."""
+    return {**{s.name: s.help for s in STAGES}, "run": RUN_HELP, "serve": SERVE_HELP}
 
 
 def command_groups() -> list[str]:
@@ -66,6 +68,14 @@ def study_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the stages that would "
                    "run; write nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    if command == "generate":
+        p.add_argument("--rank", type=int, help="this process's rank: it takes the shards k with k %% world-size == "
+                       "rank (default: SLURM_ARRAY_TASK_ID, torchrun's RANK, else 0)")
+        p.add_argument("--world-size", type=int, help="number of generate processes (default: "
+                       "SLURM_ARRAY_TASK_COUNT, torchrun's WORLD_SIZE, else 1)")
+    if command == "serve":
+        p.add_argument("--generator", action="append", help="only this generator (repeatable; default: every "
+                       "server generator)")
     return p
 
 
@@ -97,7 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.study_dir:
             overrides.append(f"study_dir={args.study_dir}")
         cfg = StudyConfig.from_yaml(args.study, overrides)
+        if command == "serve":
+            from megasynth.generate.serve import serve
+
+            return serve(cfg, generators=args.generator, dry_run=args.dry_run)
         names = [s.name for s in STAGES] if command == "run" else [command]
+        kwargs = {}
+        if command == "generate":
+            from megasynth.generate.plan import resolve_rank
+
+            kwargs["rank"], kwargs["world_size"] = resolve_rank(args.rank, args.world_size)
         if args.dry_run:
             return _dry_run(cfg, names)
         layout = prepare_study_dir(cfg, args.study)
@@ -105,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             run_study(cfg, layout)
         else:
-            run_stage(command, cfg, layout)
+            run_stage(command, cfg, layout, **kwargs)
     except MegasynthError as e:
         from megasynth.train.signals import TrainingInterrupted
 
@@ -113,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"megasynth: {e}", file=sys.stderr)
             return 3
         return cli_error(e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("megasynth: interrupted; rerun the same command to continue", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
     return 0
 
 

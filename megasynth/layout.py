@@ -5,8 +5,14 @@ study.yaml                         the study file as the user gave it (a verbati
 invocations/<UTC time>-<command>.yaml   argv, overrides and resolved config of each invocation
 timings.json                       wall seconds of each stage, per invocation
 corpora/<name>.jsonl               natural corpora and eval sets (id, text, source)
-synthetic/<source>/shard-NNNNN.jsonl + manifest.json      generated records (styles and synthllm)
+plan/<corpus>.offsets.npy          byte offset of every document of a generation source corpus
+synthetic/<source>/shard-NNNNN.jsonl + manifest.json      generated records (<style>[@<generator>], synthllm)
+synthetic/<source>/partial-NNNNN.jsonl                    records of a shard being generated (append-only)
+synthetic/<source>/rejected/shard-NNNNN.jsonl, plan.json  filtered outputs with their reason; the source's plan
 synthetic/synthllm/{scores,concepts}/shard-NNNNN.jsonl, graph/, combinations.jsonl
+engines/<host>-<pid>.json          /dev/shm segments a running vLLM engine made (removed after a crash)
+decontaminated/<source>.jsonl      training sources without documents that overlap an eval set
+decontamination.json               per source and eval set: documents checked, removed, example n-grams
 tokenizer/tokenizer.json           trained/exported tokenizer (HF format)
 tokenized/<name>_text_document.{bin,idx} + <name>.stats.json, tokenized/cache/ (megatron-core indices)
 mixtures/<mix>.json                blend weights (prefixes relative to the study root), shares, epochs
@@ -133,6 +139,40 @@ class StudyLayout:
 
     def synthetic_manifest(self, source: str) -> Path:
         return self.synthetic_dir(source) / "manifest.json"
+
+    def synthetic_partial(self, source: str, k: int) -> Path:
+        """``synthetic/<source>/partial-NNNNN.jsonl``: completed records of shard ``k`` while it is generated."""
+        return self.synthetic_dir(source) / f"partial-{k:05d}.jsonl"
+
+    def synthetic_rejected(self, source: str, k: int) -> Path:
+        """``synthetic/<source>/rejected/shard-NNNNN.jsonl``: shard ``k``'s filtered outputs and their reasons."""
+        return self.synthetic_dir(source) / "rejected" / shard_name(k)
+
+    def synthetic_plan(self, source: str) -> Path:
+        """``synthetic/<source>/plan.json``: the settings the source's shards were generated with."""
+        return self.synthetic_dir(source) / "plan.json"
+
+    def corpus_offsets(self, name: str) -> Path:
+        """``plan/<name>.offsets.npy``: byte offset of each document (JSONL line) of corpus ``name``."""
+        return self.root / "plan" / f"{name}.offsets.npy"
+
+    @property
+    def engines_dir(self) -> Path:
+        """``engines/``: one record per running vLLM engine of this study (its ``/dev/shm`` segments)."""
+        return self.root / "engines"
+
+    def engine_record(self, host: str, pid: int) -> Path:
+        """``engines/<host>-<pid>.json``."""
+        return self.engines_dir / f"{host}-{pid}.json"
+
+    def decontaminated(self, name: str) -> Path:
+        """``decontaminated/<name>.jsonl``: training source ``name`` without eval-overlapping documents."""
+        return self.root / "decontaminated" / f"{name}.jsonl"
+
+    @property
+    def decontamination_report(self) -> Path:
+        """``decontamination.json``: per source and eval set, documents checked and removed, example n-grams."""
+        return self.root / "decontamination.json"
 
     @property
     def synthllm_graph_dir(self) -> Path:

@@ -30,6 +30,15 @@ class MegasynthError(Exception):
     """
 
 
+class StageInterrupted(KeyboardInterrupt):
+    """A stage stopped by a signal (SIGTERM from SLURM or ``kill``, SIGINT) after a clean shutdown; finished
+    work is on disk. The CLI exits with ``128 + signum`` (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
 def cli_error(message: object, prog: str = "megasynth") -> int:
     """Print ``<prog>: error: <message>`` (its first line) to stderr; return 2, the exit status of bad input.
 

@@ -140,17 +140,17 @@ def test_run_evaluate_collects_finished_runs(tmp_path, caplog):
         rows = list(csv.reader(f))
     assert rows[0] == ["run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens",
                        "synthetic_ratio", "eval_set", "loss", "synthetic_sources", "seed", "schedule",
-                       "schedule_complete"]
+                       "schedule_complete", "generator"]
     t1, t2 = str(10 * TOKENS_PER_STEP), str(20 * TOKENS_PER_STEP)
     common = ["llama3-tiny", "1234567", "234567"]
     run = ["1234", "cosine", "false"]  # the planned runs' seed and schedule; 20 of their 100 steps: not complete
     assert rows[1:] == [
-        ["hq33", "hq33", *common, t1, "0.33", "wiki", "4.9", "hq", *run],
-        ["hq33", "hq33", *common, t2, "0.33", "wiki", "4.25", "hq", *run],
-        ["natural", "natural", *common, t1, "0.0", "lambada", "6.0", "", *run],
-        ["natural", "natural", *common, t1, "0.0", "wiki", "5.0", "", *run],
-        ["natural", "natural", *common, t2, "0.0", "lambada", "5.5", "", *run],
-        ["natural", "natural", *common, t2, "0.0", "wiki", "4.5", "", *run],
+        ["hq33", "hq33", *common, t1, "0.33", "wiki", "4.9", "hq", *run, ""],
+        ["hq33", "hq33", *common, t2, "0.33", "wiki", "4.25", "hq", *run, ""],
+        ["natural", "natural", *common, t1, "0.0", "lambada", "6.0", "", *run, ""],
+        ["natural", "natural", *common, t1, "0.0", "wiki", "5.0", "", *run, ""],
+        ["natural", "natural", *common, t2, "0.0", "lambada", "5.5", "", *run, ""],
+        ["natural", "natural", *common, t2, "0.0", "wiki", "4.5", "", *run, ""],
     ]
     marker = json.loads(marker_path(layout.results).read_text())
     assert marker["runs"] == ["natural", "hq33"] and marker["skipped_unfinished"] == ["qa33"]
@@ -254,3 +254,36 @@ def test_run_report_without_results_is_an_error(tmp_path):
     cfg = _cfg(tmp_path)
     with pytest.raises(MegasynthError, match="results.csv: file not found"):
         run_report(cfg, StudyLayout.of(cfg.study_dir))
+
+
+def test_report_compares_generators_and_shows_decontamination(tmp_path):
+    """Two generators at the same ratio: their final losses, data-law floors and speed-ups side by side; and the
+    decontamination counts."""
+    from megasynth.analysis.report_sections import extra_sections
+    from megasynth.analysis.results import ResultRow
+
+    layout = StudyLayout.of(tmp_path)
+    rows = []
+    for mixture, gen, src, ratio, E in (("natural", "", "", 0.0, 3.0), ("hq33-a", "a", "hq@a", 0.33, 2.8),
+                                         ("hq33-b", "b", "hq@b", 0.33, 2.9)):
+        for D in (1e5, 2e5, 4e5, 8e5, 1.6e6):
+            rows.append(ResultRow(run=mixture, mixture=mixture, preset="llama3-tiny", n_params=10_000_000,
+                                  n_params_non_embedding=2_000_000, tokens=int(D), synthetic_ratio=ratio,
+                                  eval_set="wiki", loss=E + 400.0 * D ** -0.5, synthetic_sources=src, generator=gen))
+    (tmp_path / "decontamination.json").write_text(json.dumps({
+        "method": "word 13-grams", "documents_checked": 10, "documents_removed": 1,
+        "sources": {"sotu": {"kind": "natural", "eval_sets": {"wiki": {
+            "documents_checked": 10, "documents_removed": 1, "ngrams_matched": 3,
+            "examples": ["the union is strong and the state of the union"]}}}}}))
+    md, files = extra_sections(rows, layout, "natural", n_bootstrap=20, seed=0, ci_level=0.9)
+    text = "\n".join(md)
+    assert "## Generators" in text and layout.fit("generators") in files
+    lines = [l for l in md if l.startswith("| hq |")]
+    assert [l.split(" | ")[3] for l in lines] == ["a", "b"]  # same style, same ratio, one row per generator
+    for line, E in zip(lines, (2.8, 2.9)):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == "33%" and float(cells[6]) == pytest.approx(E + 400.0 * 1.6e6 ** -0.5, abs=1e-3)
+        assert cells[7].startswith(f"{E:.3f}") and "[" in cells[8]  # E with its CI; speed-up with its CI
+    g = json.loads(layout.fit("generators").read_text())
+    assert [x["generator"] for x in g["generators"]] == ["a", "b"]
+    assert "## Decontamination" in text and "| sotu | natural | wiki | 10 | 1 | 3 |" in text

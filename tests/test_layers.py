@@ -81,12 +81,12 @@ def test_one_registry_of_stages():
     from megasynth.study.stages import STAGE, STAGES
 
     names = [s.name for s in STAGES]
-    assert names == ["corpora", "generate", "preprocess", "mix", "train", "evaluate", "report"]
-    assert list(study_commands()) == [*names, "run"] and set(ANALYSIS_COMMANDS) == {"fit", "analyze"}
+    assert names == ["corpora", "generate", "decontaminate", "preprocess", "mix", "train", "evaluate", "report"]
+    assert list(study_commands()) == [*names, "run", "serve"] and set(ANALYSIS_COMMANDS) == {"fit", "analyze"}
     for i, s in enumerate(STAGES):  # requirements come earlier in the order the runner follows
         assert all(names.index(r) < i for r in s.requires), s.name
         assert callable(s.run_fn()) and s.help and s.writes and s.done_when
-    assert [s.name for s in STAGES if s.auto] == ["corpora"]
+    assert [s.name for s in STAGES if s.auto] == ["corpora", "decontaminate"]
     assert STAGE["generate"].skip_if is not None
 
 

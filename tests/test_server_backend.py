@@ -171,3 +171,38 @@ def test_server_stopped_mid_run_fails_naming_endpoint_then_resumes(server, reque
     eng2.generate([reqs[i] for i in left], lambda j, c: second.append(left[j]))
     assert sorted(first + second) == list(range(len(reqs)))  # every request exactly once over both runs
     print(f"\nstopped after {len(first)} of {len(reqs)} ({msg}); restart {restart_s:.0f}s; resumed {len(second)}")
+
+
+def test_generate_stage_through_the_server_backend(server, tmp_path, tiny_generator_dir, monkeypatch):
+    """The whole generate stage with ``backend: server`` on the module's server: records, shards, manifest."""
+    import json
+
+    from megasynth.config import StudyConfig
+    from megasynth.generate import run_generate
+    from megasynth.layout import StudyLayout
+
+    from conftest import PROSE
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    cfg = StudyConfig.from_dict({
+        "name": "srv", "study_dir": str(tmp_path / "srv"), "seed": 1,
+        "corpora": {"train": [{"name": "toy", "loader": "jsonl", "path": "x"}]},
+        "generation": {"styles": ["hq", "qa"], "num_documents": 6, "max_input_tokens": 48, "shard_size": 4,
+                       "model": str(tiny_generator_dir), "model_name": "tiny", "backend": "server",
+                       "server": {"endpoints": [server.url], "api_key_env": KEY_ENV, "per_request_seed": False,
+                                  "max_concurrency": 4},
+                       "min_output_words": 1, "keep_truncated": True, "max_repeated_ngram_frac": 1.0,
+                       "sampling": {"max_tokens": 16, "temperature": 1.0, "seed": 3}}})
+    layout = StudyLayout.of(cfg.study_dir)
+    layout.corpus("toy").parent.mkdir(parents=True)
+    layout.corpus("toy").write_text("".join(json.dumps({"id": f"d{i}", "text": "\n\n".join(PROSE[i:i + 3])}) + "\n"
+                                            for i in range(6)))
+    run_generate(cfg, layout)
+    for style in ("hq", "qa"):
+        m = json.loads(layout.synthetic_manifest(style).read_text())
+        recs = [json.loads(l) for name in m["shards"] for l in (layout.synthetic_dir(style) / name).read_text().splitlines()]
+        assert m["counts"]["requests"] == 6 and len(recs) == m["counts"]["kept"] > 0
+        assert m["generator"]["backend"] == "server" and m["engine"]["endpoints"] == [server.url]
+        assert all(0 < r["output_tokens"] <= 16 and r["generator"] == "tiny" for r in recs)
+        assert KEY not in json.dumps(m)
+    assert not list(layout.engines_dir.glob("*.json"))  # no offline engine, no /dev/shm record

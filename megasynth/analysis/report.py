@@ -11,11 +11,12 @@ warnings); writes
   fit has its group keys (``mixture``, ``preset``, ``eval_set``) and :meth:`LawFit.to_dict` fields
   (params E, B, beta; bootstrap CIs; RMSE in nats and in log-loss);
 * ``report/report.md`` — mixtures, final-loss table (best per eval set in bold, difference to the
-  all-natural mixture), fit table, notes;
+  all-natural mixture), fit table, the sections of :mod:`~megasynth.analysis.report_sections` (generators,
+  decontamination, ...), notes;
 * ``report/loss_vs_tokens.png`` and ``report/final_loss.png``.
 
 Rerun policy: the marker ``report/report.md.done`` stores a SHA-256 of every input (results.csv,
-the mixture files, the report/mixture/name sections of the config and :data:`REPORT_VERSION`);
+the mixture files, ``decontamination.json``, the report/mixture/name sections of the config and :data:`REPORT_VERSION`);
 :func:`report_up_to_date` compares it (the study runner skips the stage when it matches and all outputs
 exist), and :func:`run_report` regenerates everything.
 
@@ -131,6 +132,8 @@ def _inputs_hash(cfg: StudyConfig, layout: StudyLayout, mixtures: list[str], opt
         h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b"<missing>"))
     unigrams = layout.fit("unigrams")
     h.update(unigrams.read_bytes() if unigrams.exists() else b"<no unigrams>")
+    decon = layout.decontamination_report
+    h.update(decon.read_bytes() if decon.exists() else b"<no decontamination>")
     d = cfg.to_dict()
     h.update(json.dumps({"v": REPORT_VERSION, "name": d["name"], "seed": d["seed"], "report": d["report"],
                          "mixtures": d["mixtures"], "natural": cfg.natural_sources, "options": options},

@@ -15,6 +15,11 @@ The rows given are those at the end of a schedule (``schedule_complete``; every 
   against D and N per synthetic source (the study's headline plot), ``report/optimal_ratio_trend_<source>.png``.
 * **Seed spread** — with ≥ 2 seeds: the standard deviation of the loss over seeds at each budget point,
   summarised per (preset, eval set).
+* **Generators** — when the results hold ≥ 2 generators (``results.csv``'s ``generator``): per synthetic
+  style, synthetic ratio and eval set, each generator's final loss, fitted data-law floor E [CI] and speed-up vs
+  the natural baseline [CI] (:func:`~megasynth.analysis.mixtures.compare_generators`); ``fits/generators.json``.
+* **Decontamination** — from ``decontamination.json`` (the ``decontaminate`` stage): per training source and
+  eval set, documents checked and removed, example n-grams.
 * **Unigram statistics** — rendered from ``fits/unigrams.json`` if ``megasynth analyze unigrams
   --out <study>/fits/unigrams.json`` wrote one.
 """
@@ -113,6 +118,7 @@ def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | N
         written += ffiles
 
     # Efficiency vs the natural baseline
+    eff = None
     if baseline is not None and baseline in set(df["mixture"]) and df["mixture"].nunique() > 1:
         eff = efficiency_table(df, baseline=baseline, group_by=["preset", "eval_set"], n_col="n_params",
                                n_bootstrap=min(n_bootstrap, 50), seed=seed, ci_level=ci_level)
@@ -172,6 +178,14 @@ def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | N
 
     smd = _seed_spread_section(df)
     md += smd
+
+    # Generators
+    gmd, gfiles = generator_section(df, layout, eff, n_bootstrap=min(n_bootstrap, 100), seed=seed, ci_level=ci_level)
+    md += gmd
+    written += gfiles
+
+    # Decontamination (written by the decontaminate stage)
+    md += decontamination_section(layout)
 
     # Unigrams (written by `megasynth analyze unigrams`)
     upath = layout.fit("unigrams")
@@ -282,3 +296,66 @@ def _seed_spread_section(df: pd.DataFrame) -> list[str]:
           "of each mixture; the loss plots draw it as error bars, and every fit above uses every seed's point.", ""]
     return md + _table(["preset", "eval set", "points", "seeds", "mean std (nats)", "largest std (nats)",
                         "mean std / loss"], rows) + [""]
+
+
+def generator_section(df: pd.DataFrame, layout: StudyLayout, eff: dict | None, *, n_bootstrap: int, seed: int,
+                      ci_level: float) -> tuple[list[str], list[Path]]:
+    """The generator comparison (module docstring); empty unless ``df`` has ≥ 2 single generators."""
+    from megasynth.analysis.mixtures import compare_generators
+    from megasynth.config import source_style
+
+    if "generator" not in df.columns:
+        return [], []
+    sub = df[(df["generator"].astype(str) != "") & ~df["generator"].astype(str).str.contains("+", regex=False)]
+    if sub["generator"].nunique() < 2:
+        return [], []
+    res = compare_generators(sub, group_by=("eval_set",), n_bootstrap=n_bootstrap, seed=seed)
+    speed = {(g["mixture"], g["eval_set"]): (g["speedup_at_max"], g["speedup_ci_at_max"])
+             for g in (eff or {}).get("groups", [])}
+    info = {m: (str(r["synthetic_sources"]), float(r["synthetic_ratio"]))
+            for m, r in sub.drop_duplicates("mixture").set_index("mixture").iterrows()}
+    rows = []
+    for g in res["generators"]:
+        fits = {(f["eval_set"], f["mixture"]): f for f in g["fits"]}
+        for fin in g["final"]:
+            srcs, ratio = info[fin["mixture"]]
+            styles = "+".join(dict.fromkeys(source_style(x) or x for x in srcs.split("+") if x))
+            f = fits.get((fin["eval_set"], fin["mixture"]), {})
+            e = _ci(f["params"]["E"], f["ci"]["E"], ".3f") if "params" in f else "n/a"
+            sp = speed.get((fin["mixture"], fin["eval_set"]))
+            rows.append((styles, ratio, fin["eval_set"], g["generator"], fin["mixture"], fin["D"], fin["loss"], e,
+                         _ci(*sp) if sp else "n/a"))
+    rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
+    write_json(layout.fit("generators"), {**res, "speedup": {f"{m}|{e}": v for (m, e), v in speed.items()}})
+    md = ["## Generators", "",
+          "Mixtures that differ in the generator of their synthetic source, side by side at the same synthetic "
+          "ratio: final held-out loss at each mixture's largest budget, the data-law floor E "
+          f"[{ci_level:.0%} CI, bootstrap over points] and the speed-up vs the natural baseline [{ci_level:.0%} CI] "
+          "(the compute-efficiency section's method).", ""]
+    md += _table(["style", "synthetic ratio", "eval set", "generator", "mixture", "D", "final loss", "E [CI]",
+                  "speed-up [CI]"],
+                 [[s, f"{r:.0%}", es, gen, m, f"{d:.3g}", _f(loss, ".3f"), e, sp]
+                  for s, r, es, gen, m, d, loss, e, sp in rows])
+    md.append("")
+    return md, [layout.fit("generators")]
+
+
+def decontamination_section(layout: StudyLayout) -> list[str]:
+    """Markdown of ``decontamination.json`` (empty when the study did not decontaminate)."""
+    path = layout.decontamination_report
+    if not path.exists():
+        return []
+    d = read_json(path)
+    md = ["## Decontamination", "",
+          f"Training documents removed before tokenization because they share an n-gram with an eval set: "
+          f"{d.get('method', '')}. {d.get('documents_removed', 0)} of {d.get('documents_checked', 0)} training "
+          "documents removed.", ""]
+    rows = []
+    for src, r in d.get("sources", {}).items():
+        for es, v in r.get("eval_sets", {}).items():
+            ex = "; ".join(f"“{x}”" for x in v.get("examples", [])[:2]) or "—"
+            rows.append([src, r.get("kind", ""), es, v["documents_checked"], v["documents_removed"],
+                         v.get("ngrams_matched", 0), ex])
+    md += _table(["source", "kind", "eval set", "documents checked", "removed", "n-grams matched", "examples"], rows)
+    md.append("")
+    return md

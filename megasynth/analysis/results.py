@@ -29,7 +29,7 @@ from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, mar
 logger = logging.getLogger("megasynth.analysis")
 
 COLUMNS = ("run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens", "synthetic_ratio",
-           "eval_set", "loss", "synthetic_sources", "seed", "schedule", "schedule_complete")
+           "eval_set", "loss", "synthetic_sources", "seed", "schedule", "schedule_complete", "generator")
 REQUIRED_COLUMNS = COLUMNS[:9]  # tables written before the later columns existed still parse
 SUMMARY_KEYS = ("mixture", "preset", "n_params", "n_params_non_embedding", "synthetic_ratio")
 EVAL_KEYS = ("step", "consumed_tokens", "eval_set", "loss")
@@ -59,6 +59,8 @@ class ResultRow:
     """True for the evaluation at the end of the run's schedule (its last step, after the LR decay), False for
     evaluations before it, whose LR had not decayed; None in tables written before the column. Fits use the
     complete rows (:func:`complete_rows`)."""
+    generator: str = ""
+    """Generator(s) of those sources (their manifests' ``generator.name``), ``+``-joined in order (``""``: none)."""
 
     @property
     def sort_key(self) -> tuple:
@@ -79,8 +81,8 @@ def _float_field(value, where: str) -> float:
     return float(value)
 
 
-def collect_run(run: str, run_dir: Path, synthetic_sources: str = "", *, seed: Optional[int] = None,
-                schedule: str = "", train_iters: Optional[int] = None) -> list[ResultRow]:
+def collect_run(run: str, run_dir: Path, synthetic_sources: str = "", generator: str = "", *,
+                seed: Optional[int] = None, schedule: str = "", train_iters: Optional[int] = None) -> list[ResultRow]:
     """Rows of one finished run from ``run_dir/{summary.json, evals.jsonl}``.
 
     A repeated (step, eval set) — e.g. re-evaluated after a resume — keeps the last occurrence. The
@@ -104,7 +106,7 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "", *, seed: O
         n_params_non_embedding=_int_field(summary["n_params_non_embedding"], f"{summary_path}: n_params_non_embedding"),
         synthetic_ratio=_float_field(summary["synthetic_ratio"], f"{summary_path}: synthetic_ratio"),
         synthetic_sources=synthetic_sources, seed=seed if seed is not None else summary.get("seed"),
-        schedule=schedule or str(summary.get("schedule", "")))
+        schedule=schedule or str(summary.get("schedule", "")), generator=generator)
     last = train_iters if train_iters is not None else summary.get("train_iters")
     by_key: dict[tuple[int, str], ResultRow] = {}
     for lineno, rec in read_jsonl_numbered(evals_path, EVAL_KEYS):
@@ -142,7 +144,7 @@ def write_results(path: Path, rows: list[ResultRow]) -> None:
             w.writerow([r.run, r.mixture, r.preset, r.n_params, r.n_params_non_embedding, r.tokens,
                         repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources,
                         "" if r.seed is None else r.seed, r.schedule,
-                        "" if r.schedule_complete is None else str(r.schedule_complete).lower()])
+                        "" if r.schedule_complete is None else str(r.schedule_complete).lower(), r.generator])
 
 
 def read_results(path: Path) -> list[ResultRow]:
@@ -168,7 +170,8 @@ def read_results(path: Path) -> list[ResultRow]:
                     synthetic_ratio=float(rec["synthetic_ratio"]), eval_set=rec["eval_set"], loss=float(rec["loss"]),
                     synthetic_sources=rec.get("synthetic_sources") or "",
                     seed=int(rec["seed"]) if rec.get("seed") not in (None, "") else None,
-                    schedule=rec.get("schedule") or "", schedule_complete=_bool_field(rec.get("schedule_complete"))))
+                    schedule=rec.get("schedule") or "", schedule_complete=_bool_field(rec.get("schedule_complete")),
+                    generator=rec.get("generator") or ""))
             except (TypeError, ValueError) as e:
                 raise MegasynthError(f"{where}: malformed row ({e})") from None
     return rows
@@ -233,14 +236,37 @@ def _value(x):
     return "nan" if isinstance(x, float) and math.isnan(x) else x
 
 
+def run_generator(run: RunConfig, layout: StudyLayout) -> str:
+    """The generator(s) of ``run``'s synthetic sources, ``+``-joined in order of first use (``""``: none).
+
+    Read from each source's ``synthetic/<source>/manifest.json`` (``generator.name``); a source without a manifest
+    falls back to the part of its name after ``@`` (``hq@llama-8b`` -> ``llama-8b``), else nothing.
+    """
+    names: list[str] = []
+    for src in run.synthetic_sources:
+        path = layout.synthetic_manifest(src)
+        name = None
+        if path.exists():
+            try:
+                gen = read_json(path).get("generator")
+                name = gen.get("name") if isinstance(gen, dict) else gen
+            except MegasynthError:
+                name = None
+        if not name and "@" in src:
+            name = src.split("@", 1)[1]
+        if name and name not in names:
+            names.append(str(name))
+    return "+".join(names)
+
+
 def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfig], list[RunConfig], str]:
     """(finished runs, unfinished runs, SHA-256 of the inputs of the table)."""
     finished = [r for r in runs if layout.run(r.run_id).summary.exists()]
     unfinished = [r for r in runs if r not in finished]
     inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals)]
     digest = _inputs_hash(inputs, json.dumps({r.run_id: ["+".join(r.synthetic_sources), r.train.seed, r.schedule,
-                                                         r.train.train_iters] for r in finished},
-                                             sort_keys=True))
+                                                         r.train.train_iters, run_generator(r, layout)]
+                                              for r in finished}, sort_keys=True))
     return finished, unfinished, digest
 
 
@@ -267,7 +293,8 @@ def run_evaluate(runs: list[RunConfig], layout: StudyLayout) -> None:
     rows: list[ResultRow] = []
     for run in finished:
         rows.extend(collect_run(run.run_id, layout.run_dir(run.run_id), "+".join(run.synthetic_sources),
-                                seed=run.train.seed, schedule=run.schedule, train_iters=run.train.train_iters))
+                                run_generator(run, layout), seed=run.train.seed, schedule=run.schedule,
+                                train_iters=run.train.train_iters))
     write_results(layout.results, rows)
     mark_done(layout.results, {"inputs_sha256": digest, "runs": [r.run_id for r in finished],
                                "skipped_unfinished": [r.run_id for r in unfinished], "rows": len(rows)})

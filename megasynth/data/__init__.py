@@ -7,6 +7,8 @@
 - :mod:`megasynth.data.mixtures`: :func:`mixture_to_blend`, the ``mix`` stage :func:`run_mix` and its completion
   :func:`mix_done`, :func:`read_mixture` (a mixture file with its prefixes resolved).
 - :mod:`megasynth.data.datasets`: megatron-core GPT/blended datasets for training.
+- :mod:`megasynth.data.clean`: the ``decontaminate`` stage :func:`run_decontaminate` (eval-set n-gram overlap,
+  :mod:`megasynth.data.decontaminate`) and its completion :func:`decontaminate_done`.
 
 Names are imported lazily so importing one submodule does not import the others.
 """
@@ -28,6 +30,8 @@ _EXPORTS = {
     "run_mix": "mixtures",
     "mix_done": "mixtures",
     "read_mixture": "mixtures",
+    "run_decontaminate": "clean",
+    "decontaminate_done": "clean",
 }
 
 __all__ = sorted(_EXPORTS)

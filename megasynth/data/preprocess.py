@@ -91,12 +91,15 @@ def preprocess_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str | os
 def ensure_tokenizer(cfg: "StudyConfig", layout: "StudyLayout") -> MegasynthTokenizer:
     """Load the study's tokenizer, training the ``bpe`` one first if it is not trained yet.
 
-    The BPE is trained on the natural training corpora only (``corpora.train``; at most
+    The BPE is trained on the natural training corpora only (``corpora.train``, decontaminated when the study
+    decontaminates; at most
     ``tokenizer.train_max_documents`` documents in all), never on eval sets or synthetic data.
     """
     tc = cfg.tokenizer
     if tc.type == "bpe" and not is_done(layout.tokenizer_file):
-        paths = [layout.corpus(n) for n in cfg.natural_sources]
+        from megasynth.data.clean import training_input
+
+        paths = [p for n in cfg.natural_sources for p in training_input(cfg, layout, n, [layout.corpus(n)])]
         for p in paths:
             if not p.is_file():
                 raise MegasynthError(f"{p}: natural corpus not found (run `megasynth corpora` first)")
@@ -120,23 +123,32 @@ def ensure_tokenizer(cfg: "StudyConfig", layout: "StudyLayout") -> MegasynthToke
 
 
 def _sources(cfg: "StudyConfig", layout: "StudyLayout") -> list[tuple[str, str, list[Path]]]:
-    """(name, kind, input files) for every source: natural corpora, synthetic styles, eval sets."""
-    out: list[tuple[str, str, list[Path]]] = []
-    for name in cfg.natural_sources:
-        out.append((name, "natural", [layout.corpus(name)]))
-    for style in cfg.synthetic_sources:
-        manifest = layout.synthetic_manifest(style)
-        if not manifest.exists():
-            raise MegasynthError(f"{manifest}: synthetic style {style!r} not generated yet "
-                                 "(run `megasynth generate` first)")
-        out.append((style, "synthetic", sorted(layout.synthetic_dir(style).glob("shard-*.jsonl"))))
+    """(name, kind, input files) for every source: natural corpora, synthetic sources (the shards their manifest
+    lists), eval sets; training sources come decontaminated when the study decontaminates
+    (:func:`megasynth.data.clean.training_input`)."""
+    from megasynth.data.clean import source_inputs, training_input
+
+    out = [(name, kind, training_input(cfg, layout, name, files)) for name, kind, files in source_inputs(cfg, layout)]
     for name in cfg.eval_sets:
         out.append((name, "eval", [layout.corpus(name)]))
     return out
 
 
-def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer) -> bool:
-    """Whether source ``name`` is tokenized (marker and stats); raise if it was with another tokenizer."""
+def _inputs_id(paths: list[Path]) -> list:
+    """Size and mtime of each input file (a changed input re-tokenizes its source)."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append([str(p), st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([str(p), None, None])
+    return out
+
+
+def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer, paths: list[Path] | None = None) -> bool:
+    """Whether source ``name`` is tokenized (marker and stats) from ``paths`` as they are now (when given); raise if
+    it was with another tokenizer."""
     prefix, stats_path = layout.tokenized_prefix(name), layout.tokenized_stats(name)
     if not (is_done(prefix) and stats_path.exists()):
         return False
@@ -145,6 +157,8 @@ def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer) 
         raise MegasynthError(
             f"{stats_path}: tokenized with {old.get('tokenizer')} but tokenizer is now {tokenizer.name}; "
             f"delete {prefix.parent} (or use a new study_dir) to re-tokenize")
+    if paths is not None and old.get("inputs_id") != _inputs_id(paths):
+        return False
     return True
 
 
@@ -160,32 +174,44 @@ def preprocess_done(cfg: "StudyConfig", layout: "StudyLayout") -> bool:
     if not all(is_done(layout.tokenized_prefix(n)) and layout.tokenized_stats(n).exists() for n in names):
         return False
     tokenizer = load_tokenizer(cfg.tokenizer, layout)
-    return all(_tokenized(layout, n, tokenizer) for n in names)
+    try:
+        sources = _sources(cfg, layout)
+    except MegasynthError:  # a synthetic source not generated
+        return False
+    return all(_tokenized(layout, n, tokenizer, paths) for n, _, paths in sources)
 
 
 def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     """The ``preprocess`` stage: tokenizer, then ``tokenized/<name>_text_document.{bin,idx}`` per source.
 
-    Sources: natural corpora (``corpora/<name>.jsonl``), synthetic styles (all
-    ``synthetic/<style>/shard-*.jsonl``, sorted; none if ``generation.enabled`` is false), eval sets.
-    Writes ``tokenized/<name>.stats.json`` (see :func:`preprocess_jsonl`, plus ``source``, ``kind``)
-    and a completion marker on the prefix; complete sources are skipped on rerun.
+    Sources: natural corpora (``corpora/<name>.jsonl``), synthetic sources (the shards their manifest lists;
+    none if ``generation.enabled`` is false), both as ``decontaminated/<name>.jsonl`` when the study
+    decontaminates, and eval sets. Writes ``tokenized/<name>.stats.json`` (see :func:`preprocess_jsonl`, plus
+    ``source``, ``kind``, ``inputs_id``: size and mtime of each input) and a completion marker on the prefix;
+    complete sources whose inputs are unchanged are skipped on rerun.
 
     Raises:
         MegasynthError: a missing input, malformed JSONL (``file:line``), or a complete source that
             was tokenized with a different tokenizer than the current one.
     """
+    from megasynth.data.clean import decontaminate_done
+
+    sources = _sources(cfg, layout)  # raises for a synthetic source not generated yet
+    if cfg.decontaminates and not decontaminate_done(cfg, layout):
+        raise MegasynthError(f"{layout.decontaminated('*').parent}: the training sources are not decontaminated (or "
+                             "their inputs changed since); run `megasynth decontaminate` first")
     tokenizer = ensure_tokenizer(cfg, layout)
     logger.info("tokenizer %s: vocab_size %d, eod %d", tokenizer.name, tokenizer.vocab_size, tokenizer.eod)
-    for name, kind, paths in _sources(cfg, layout):
+    for name, kind, paths in sources:
         prefix = layout.tokenized_prefix(name)
         stats_path = layout.tokenized_stats(name)
-        if _tokenized(layout, name, tokenizer):
+        if _tokenized(layout, name, tokenizer, paths):
             logger.info("tokenized %s: complete, skipping", name)
             continue
         for p in paths:
             if not p.is_file():
                 raise MegasynthError(f"{p}: input of source {name!r} not found (run the earlier stages first)")
+        inputs_id = _inputs_id(paths)
         stats = preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name)
-        write_json(stats_path, {"source": name, "kind": kind, **stats})
+        write_json(stats_path, {"source": name, "kind": kind, **stats, "inputs_id": inputs_id})
         mark_done(prefix, {"tokens": stats["tokens"], "documents": stats["documents"]})

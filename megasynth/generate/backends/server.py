@@ -31,7 +31,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from megasynth.generate.backends.base import Completion, Request
 from megasynth.utils import MegasynthError
@@ -284,27 +284,54 @@ class ServerEngine:
         """
         bodies = [self._body(i, r) for i, r in enumerate(requests)]  # check every prompt before sending
         if bodies:
-            asyncio.run(self._generate(bodies, on_done))
+            asyncio.run(self._generate(iter(enumerate(bodies)), on_done))
 
-    async def _generate(self, bodies: list[dict], on_done) -> None:
+    def generate_stream(self, requests: Iterable[Request], on_done: Callable[[int, Completion], None],
+                        max_pending: Optional[int] = None) -> int:
+        """Stream ``requests`` (pulled lazily, ``max_concurrency`` per endpoint in flight); return how many ran.
+
+        ``on_done(i, completion)`` as each finishes (``i``: position in ``requests``); the next request is
+        pulled when a slot frees, so the endpoints never drain between groups of requests. ``max_pending``
+        is accepted for the offline engine's interface (the slots bound what is in flight).
+
+        Raises:
+            MegasynthError: as :meth:`generate`; a too-long prompt fails when it is reached.
+        """
+        pulled = [0]
+
+        def bodies():
+            for i, r in enumerate(requests):
+                pulled[0] = i + 1
+                yield i, self._body(i, r)
+
+        asyncio.run(self._generate(bodies(), on_done))
+        return pulled[0]
+
+    async def _generate(self, source: Iterator[tuple[int, dict]], on_done) -> None:
         self._changed = asyncio.Event()
         for ep in self.endpoints:
             ep.in_flight, ep.down_until = 0, 0.0
         slots = self.max_concurrency * len(self.endpoints)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(bodies)):
-            queue.put_nowait(i)
+        exhausted = [False]
+
+        def take() -> Optional[tuple[int, dict]]:
+            if exhausted[0]:
+                return None
+            item = next(source, None)
+            if item is None:
+                exhausted[0] = True
+            return item
 
         async with self._client(slots) as client:
             async def worker() -> None:
                 while True:
-                    try:
-                        i = queue.get_nowait()
-                    except asyncio.QueueEmpty:
+                    item = take()
+                    if item is None:
                         return
-                    on_done(i, await self._complete(client, i, bodies[i]))
+                    i, body = item
+                    on_done(i, await self._complete(client, i, body))
 
-            tasks = [asyncio.create_task(worker()) for _ in range(min(slots, len(bodies)))]
+            tasks = [asyncio.create_task(worker()) for _ in range(slots)]
             try:
                 done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 failed = [t for t in done if t.exception() is not None]

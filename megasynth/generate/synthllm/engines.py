@@ -6,13 +6,12 @@ import logging
 import time
 from typing import Callable, Optional
 
-from megasynth.generate.backends import Completion, Request, VllmEngine, engine_from_config
-from megasynth.generate.generator_model import GeneratorSpec
+from megasynth.generate.backends import Completion, Request, VllmEngine
+from megasynth.generate.engines import EngineCache as _EngineCache
+from megasynth.generate.engines import EngineFactory
 from megasynth.utils import MegasynthError, Progress
 
 logger = logging.getLogger("megasynth.generate")
-
-EngineFactory = Callable[[GeneratorSpec], VllmEngine]
 
 
 def structured_sampling(schema: dict) -> dict:
@@ -43,33 +42,12 @@ def engine_kwargs(gen_cfg) -> dict:
     return {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
 
 
-class EngineCache:
-    """One engine per model directory, created on first use through ``factory`` (default
-    :func:`~megasynth.generate.backends.offline.engine_from_config`). With the default factory only one engine
-    lives at a time (starting another model's engine shuts the previous one down) and :meth:`close`
-    shuts them down; engines from a caller's factory are the caller's to shut down."""
+class EngineCache(_EngineCache):
+    """:class:`megasynth.generate.engines.EngineCache` with SynthLLM's extra ``vllm.LLM`` arguments
+    (:func:`engine_kwargs`) for the engines it starts itself."""
 
-    def __init__(self, gen_cfg, factory: Optional[EngineFactory] = None):
-        self.factory = factory
-        self.default = lambda s: engine_from_config(gen_cfg, s.path, gen_cfg.sampling.seed, **engine_kwargs(gen_cfg))
-        self.engines: dict[str, VllmEngine] = {}
-        self.settings: dict[str, dict] = {}
-
-    def get(self, spec: GeneratorSpec) -> VllmEngine:
-        key = str(spec.path)
-        if key not in self.engines:
-            if self.factory is None:
-                self.close()
-            eng = (self.factory or self.default)(spec)
-            self.engines[key] = eng
-            self.settings[key] = eng.settings | {"start_s": round(eng.start_s, 2)}
-        return self.engines[key]
-
-    def close(self) -> None:
-        if self.factory is None:
-            for eng in self.engines.values():
-                eng.shutdown()
-            self.engines.clear()
+    def __init__(self, gen_cfg, factory: Optional[EngineFactory] = None, *, record_dir=None):
+        super().__init__(gen_cfg, factory, record_dir=record_dir, **engine_kwargs(gen_cfg))
 
 
 def run_requests(engine_fn: Callable[[], VllmEngine], items: dict[int, list[tuple[object, Request]]],

@@ -70,16 +70,18 @@ def run_synthllm(cfg, layout: StudyLayout, *, engine_factory: Optional[EngineFac
     shard_size = s.shard_size or g.shard_size
     from transformers import AutoTokenizer
 
-    spec = resolve_generator(g.model, g.model_name)
+    gen = g.generator_list()[0]  # SynthLLM runs on the first generator
+    spec = resolve_generator(gen.model, gen.name, where="generation.generators[0].model" if g.generators
+                             else "generation.model")
     tok = AutoTokenizer.from_pretrained(str(spec.path))
-    fmt = resolve_format(g.prompt_format, tok)
+    fmt = resolve_format(gen.prompt_format, tok)
     if s.answer_model:
         aspec = resolve_generator(s.answer_model, s.answer_model_name)
         atok = AutoTokenizer.from_pretrained(str(aspec.path))
         afmt = resolve_format(g.prompt_format, atok)
     else:
         aspec, atok, afmt = spec, tok, fmt
-    engines = EngineCache(g, engine_factory)
+    engines = EngineCache(g, engine_factory, record_dir=layout.engines_dir)
     try:
         excerpts = sample_excerpts(layout.corpus(cfg.generation_source), tok, num_documents=s.num_documents,
                                    max_input_tokens=g.max_input_tokens, seed=cfg.seed)
