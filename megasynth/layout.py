@@ -11,7 +11,10 @@ tokenizer/tokenizer.json           trained/exported tokenizer (HF format)
 tokenized/<name>_text_document.{bin,idx} + <name>.stats.json, tokenized/cache/ (megatron-core indices)
 mixtures/<mix>.json                blend weights (prefixes relative to the study root), shares, epochs
 runs/<run_id>/{run.yaml, summary.json, metrics.jsonl, evals.jsonl, checkpoints/, tb/}
-results.csv                        one row per (run, budget, eval set)
+runs/<run_id>/token_losses/<eval_set>.npy    per-token ids and losses of the final evaluation
+runs/<run_id>/downstream/iter_NNNNNNN.json   downstream task results of a checkpoint (evaluate stage)
+collapse/g<k>/                     the recursive loop: generator/ (HF export), corpora/, synthetic/
+results.csv                        one row per (run, budget, eval set or task, metric)
 fits/<name>.json                   scaling-law fits
 report/{report.md, *.png}
 ```
@@ -71,6 +74,24 @@ class RunLayout:
     def tb(self) -> Path:
         """``tb/``: TensorBoard event files."""
         return self.dir / "tb"
+
+    @property
+    def token_losses_dir(self) -> Path:
+        """``token_losses/``: per-token losses of the final evaluation, one file per held-out set."""
+        return self.dir / "token_losses"
+
+    def token_losses(self, eval_set: str) -> Path:
+        """``token_losses/<eval_set>.npy``: ``[n_tokens]`` records ``(token int32, loss float32 nats)``."""
+        return self.token_losses_dir / f"{eval_set}.npy"
+
+    @property
+    def downstream_dir(self) -> Path:
+        """``downstream/``: downstream task results of the run's checkpoints (the ``evaluate`` stage's cache)."""
+        return self.dir / "downstream"
+
+    def downstream(self, step: int) -> Path:
+        """``downstream/iter_NNNNNNN.json``: ``{task: result}`` of the checkpoint after ``step`` steps."""
+        return self.downstream_dir / f"iter_{step:07d}.json"
 
 
 @dataclass(frozen=True)

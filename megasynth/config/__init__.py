@@ -15,17 +15,19 @@ Example::
     cfg.train.optimizer.lr, cfg.train.parallel.tensor_model_parallel_size, cfg.train.checkpoint.save_interval
 
 Modules: :mod:`.data` (corpora, generation, tokenizer, mixtures), :mod:`.training` (model, ``train`` and its
-sections), :mod:`.study` (:class:`StudyConfig`, :class:`RunConfig`), :mod:`.loading` (YAML, overrides, typed
+sections), :mod:`.evaluation` (``evaluation``, ``collapse``), :mod:`.study` (:class:`StudyConfig`, :class:`RunConfig`), :mod:`.loading` (YAML, overrides, typed
 build). Every name is importable from ``megasynth.config``.
 """
 
-from megasynth.config.data import (STYLES, SYNTHETIC_SOURCES, CorporaConfig, CorpusConfig, GenerationConfig,
-                                   MixtureConfig, PromptConfig, SamplingConfig, SynthLLMConfig, TokenizerConfig)
+from megasynth.config.data import (COLLAPSE_PREFIX, STYLES, SYNTHETIC_SOURCES, CorporaConfig, CorpusConfig,
+                                   GenerationConfig, MixtureConfig, PromptConfig, SamplingConfig, SynthLLMConfig,
+                                   TokenizerConfig, is_synthetic)
+from megasynth.config.evaluation import CollapseConfig, EvaluationConfig
 from megasynth.config.loading import MOVED_KEYS, apply_override, read_yaml
 from megasynth.config.study import RUN_LAYOUT_FIELDS, ReportConfig, RunConfig, StudyConfig
 from megasynth.config.training import CheckpointConfig, ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig
 
-__all__ = ["STYLES", "SYNTHETIC_SOURCES", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
+__all__ = ["STYLES", "SYNTHETIC_SOURCES", "COLLAPSE_PREFIX", "is_synthetic", "EvaluationConfig", "CollapseConfig", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
            "GenerationConfig", "PromptConfig", "TokenizerConfig", "MixtureConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig",
            "CheckpointConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig", "RUN_LAYOUT_FIELDS",
            "MOVED_KEYS", "apply_override", "read_yaml"]

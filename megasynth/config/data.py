@@ -13,7 +13,15 @@ from megasynth.utils import MegasynthError
 # Names of synthetic styles the generation stage knows; each becomes a source named like the style.
 STYLES = ("hq", "qa", "txbk")
 SYNTHETIC_SOURCES = (*STYLES, "synthllm")
-"""Every name a synthetic source can have (the styles and SynthLLM's ``synthllm``)."""
+"""Every name a synthetic source can have (the styles and SynthLLM's ``synthllm``), besides the recursive
+loop's ``collapse-g<k>`` (:data:`COLLAPSE_PREFIX`)."""
+COLLAPSE_PREFIX = "collapse-g"
+"""Run, mixture and source names of the recursive loop (``collapse``): ``collapse-g<k>`` is generation ``k``."""
+
+
+def is_synthetic(source: str) -> bool:
+    """Whether ``source`` names synthetic data: a style, ``synthllm`` or a ``collapse-g<k>`` generation."""
+    return source in SYNTHETIC_SOURCES or source.startswith(COLLAPSE_PREFIX)
 
 
 @dataclass
@@ -49,7 +57,7 @@ class CorporaConfig:
                 at = f"{where}.{section}[{i}]"
                 if c.name in names:
                     raise MegasynthError(f"{at}.name: duplicate corpus name {c.name!r}")
-                if c.name in SYNTHETIC_SOURCES:
+                if is_synthetic(c.name):
                     raise MegasynthError(f"{at}.name: {c.name!r} is reserved for a synthetic source")
                 names.add(c.name)
                 if c.max_documents is not None and c.max_documents <= 0:
@@ -285,4 +293,4 @@ class MixtureConfig:
 
     def synthetic_sources(self) -> list[str]:
         """Synthetic sources with a non-zero share, in mixture order."""
-        return [s for s, r in self.sources.items() if r > 0 and s in SYNTHETIC_SOURCES]
+        return [s for s, r in self.sources.items() if r > 0 and is_synthetic(s)]
