@@ -191,6 +191,16 @@ class StudyLayout:
         p = Path(path)
         return p if p.is_absolute() else self.root / p
 
+    # ------------------------------------------------------------------ the recursive loop (collapse)
+    def collapse(self, k: int) -> "StudyLayout":
+        """``collapse/g<k>/``: generation ``k`` of the recursive loop, itself laid out as a study directory
+        (``corpora/`` holds a link to the seed corpus, ``synthetic/<style>/`` the generated records)."""
+        return StudyLayout(self.root / "collapse" / f"g{k}")
+
+    def collapse_generator(self, k: int) -> Path:
+        """``collapse/g<k>/generator/``: the HF Llama export of generation ``k − 1``'s final checkpoint."""
+        return self.collapse(k).root / "generator"
+
     # ------------------------------------------------------------------ runs and results
     @property
     def runs_dir(self) -> Path:

@@ -1,13 +1,26 @@
-"""The evaluate stage: every finished run's held-out losses → one ``results.csv``.
+"""The evaluate stage's table: every finished run's evaluations → one ``results.csv``.
 
-``results.csv`` has one row per (run, budget, eval set) with the columns of :data:`COLUMNS`
-(``tokens`` = consumed training tokens D at that evaluation; ``loss`` in nats per token). Rows are
-sorted by (run, tokens, eval_set).
+``results.csv`` has one row per (run, budget, eval set or task, metric) with the columns of :data:`COLUMNS`
+(``tokens`` = consumed training tokens D at that evaluation). ``metric`` says what ``loss`` holds:
+
+- ``loss``: held-out cross-entropy in nats per token (the column's original meaning; tables written before
+  the ``metric`` column hold only these rows and are read as such);
+- ``bpb``: bits per UTF-8 byte, of a held-out set (``Σ nats / (ln 2 · bytes)``, tokenizer-independent) or of a
+  downstream task's gold answers;
+- ``acc``, ``acc_norm``: a downstream task's accuracy (OLMES raw and per-character normalised).
+
+For task rows ``eval_set`` holds the task name (``arc_easy``, ``gsm8k_bpb``; task names and held-out set
+names never coincide: the config refuses it). A held-out set always has ``loss`` rows and a task never does,
+which is how readers tell them apart (:func:`task_names`). Rows come from ``runs/<run_id>/evals.jsonl``
+(held-out sets at every evaluation; in-loop tasks) and from the ``evaluate`` stage's downstream cache of the
+final checkpoint (``runs/<run_id>/downstream/iter_NNNNNNN.json``), which replaces an in-loop row of the same
+key. Rows are sorted by (run, tokens, eval_set, metric). Scaling-law fits use the ``loss`` rows
+(:func:`metric_rows`).
 
 Rerun policy: the completion marker ``results.csv.done`` stores a SHA-256 of the inputs (the
-``summary.json`` and ``evals.jsonl`` of every finished run); :func:`results_up_to_date` compares it, and
-the study runner skips the stage when it matches. A run that finished since, or changed files,
-regenerates the table (it is cheap).
+``summary.json``, ``evals.jsonl`` and downstream cache of every finished run); :func:`results_up_to_date`
+compares it, and the study runner skips the stage when it matches. A run that finished since, or changed
+files, regenerates the table (it is cheap).
 """
 
 from __future__ import annotations
@@ -27,16 +40,18 @@ from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, mar
 logger = logging.getLogger("megasynth.analysis")
 
 COLUMNS = ("run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens", "synthetic_ratio",
-           "eval_set", "loss", "synthetic_sources")
-REQUIRED_COLUMNS = COLUMNS[:-1]  # tables written before ``synthetic_sources`` existed still parse
+           "eval_set", "loss", "synthetic_sources", "metric")
+REQUIRED_COLUMNS = COLUMNS[:9]  # tables written before ``synthetic_sources``/``metric`` existed still parse
+METRICS = ("loss", "bpb", "acc", "acc_norm")
+"""Values of the ``metric`` column."""
 SUMMARY_KEYS = ("mixture", "preset", "n_params", "n_params_non_embedding", "synthetic_ratio")
-EVAL_KEYS = ("step", "consumed_tokens", "eval_set", "loss")
+EVAL_KEYS = ("step", "consumed_tokens", "eval_set")
 
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One row of ``results.csv``: the held-out loss (nats/token) of ``run`` on ``eval_set`` after
-    ``tokens`` consumed training tokens."""
+    """One row of ``results.csv``: the value (``loss``) of ``metric`` of ``run`` on ``eval_set`` (a held-out set
+    or a task) after ``tokens`` consumed training tokens."""
 
     run: str
     mixture: str
@@ -49,10 +64,23 @@ class ResultRow:
     loss: float
     synthetic_sources: str = ""
     """Synthetic sources of the mixture with a non-zero share, ``+``-joined (``""`` for all-natural)."""
+    metric: str = "loss"
+    """What ``loss`` holds: ``loss`` (nats/token), ``bpb``, ``acc`` or ``acc_norm`` (module docstring)."""
 
     @property
     def sort_key(self) -> tuple:
-        return (self.run, self.tokens, self.eval_set)
+        return (self.run, self.tokens, self.eval_set, self.metric)
+
+
+def metric_rows(rows: list[ResultRow], metric: str = "loss") -> list[ResultRow]:
+    """The rows of one ``metric`` (``loss`` rows are what the scaling-law fits use)."""
+    return [r for r in rows if r.metric == metric]
+
+
+def task_names(rows: list[ResultRow]) -> list[str]:
+    """Downstream tasks of a table: ``eval_set`` values with no ``loss`` row, in first-appearance order."""
+    heldout = {r.eval_set for r in rows if r.metric == "loss"}
+    return list(dict.fromkeys(r.eval_set for r in rows if r.eval_set not in heldout))
 
 
 def _int_field(value, where: str) -> int:
@@ -69,13 +97,16 @@ def _float_field(value, where: str) -> float:
 
 
 def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[ResultRow]:
-    """Rows of one finished run from ``run_dir/{summary.json, evals.jsonl}``.
+    """Rows of one finished run from ``run_dir/{summary.json, evals.jsonl}`` and its downstream cache.
 
-    A repeated (step, eval set) — e.g. re-evaluated after a resume — keeps the last occurrence.
+    A repeated (step, eval set, metric) — e.g. re-evaluated after a resume — keeps the last occurrence; a task
+    of the downstream cache of the final checkpoint replaces the in-loop row of the same key.
 
     Raises:
         MegasynthError: missing/malformed ``evals.jsonl`` or ``summary.json`` field (``file:line``).
     """
+    from megasynth.train.record import eval_row_value
+
     files = RunLayout.at(run_dir)
     summary_path, evals_path = files.summary, files.evals
     summary = read_json(summary_path)
@@ -90,20 +121,40 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "") -> list[Re
         n_params_non_embedding=_int_field(summary["n_params_non_embedding"], f"{summary_path}: n_params_non_embedding"),
         synthetic_ratio=_float_field(summary["synthetic_ratio"], f"{summary_path}: synthetic_ratio"),
         synthetic_sources=synthetic_sources)
-    by_key: dict[tuple[int, str], ResultRow] = {}
+    by_key: dict[tuple, ResultRow] = {}
     for lineno, rec in read_jsonl_numbered(evals_path, EVAL_KEYS):
         where = f"{evals_path}:{lineno}"
         tokens = _int_field(rec["consumed_tokens"], f"{where}: consumed_tokens")
         if tokens < 0:
             raise MegasynthError(f"{where}: consumed_tokens must be >= 0, got {tokens}")
-        loss = _float_field(rec["loss"], f"{where}: loss")
-        if not math.isfinite(loss):
-            logger.warning("%s: non-finite loss %r kept in results.csv (the report skips it)", where, loss)
-        by_key[(_int_field(rec["step"], f"{where}: step"), str(rec["eval_set"]))] = ResultRow(
-            tokens=tokens, eval_set=str(rec["eval_set"]), loss=loss, **base)
+        try:
+            metric, value = eval_row_value(rec)
+        except KeyError as e:
+            raise MegasynthError(f"{where}: missing key {e.args[0]!r}") from None
+        if metric not in METRICS:
+            raise MegasynthError(f"{where}: metric: unknown {metric!r} (known: {', '.join(METRICS)})")
+        value = _float_field(value, f"{where}: {'value' if 'metric' in rec else 'loss'}")
+        if not math.isfinite(value):
+            logger.warning("%s: non-finite %s %r kept in results.csv (the report skips it)", where, metric, value)
+        by_key[(tokens, str(rec["eval_set"]), metric)] = ResultRow(
+            tokens=tokens, eval_set=str(rec["eval_set"]), loss=value, metric=metric, **base)
     if not by_key:
         logger.warning("%s: no evaluations recorded", evals_path)
+    for task, tokens, metric, value in _downstream_rows(files):
+        by_key[(tokens, task, metric)] = ResultRow(tokens=tokens, eval_set=task, loss=value, metric=metric, **base)
     return list(by_key.values())
+
+
+def _downstream_rows(files: RunLayout) -> list[tuple[str, int, str, float]]:
+    """``(task, tokens, metric, value)`` of the current downstream cache of the run's final checkpoint."""
+    from megasynth.evaluation.checkpoints import cached_results
+
+    rec = cached_results(files)
+    out = []
+    for task, res in rec.get("tasks", {}).items():
+        for metric, value in res.get("metrics", {}).items():
+            out.append((task, int(rec["tokens"]), metric, float(value)))
+    return out
 
 
 def _inputs_hash(paths: list[Path], extra: str = "") -> str:
@@ -122,7 +173,7 @@ def write_results(path: Path, rows: list[ResultRow]) -> None:
         w.writerow(COLUMNS)
         for r in sorted(rows, key=lambda r: r.sort_key):
             w.writerow([r.run, r.mixture, r.preset, r.n_params, r.n_params_non_embedding, r.tokens,
-                        repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources])
+                        repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources, r.metric])
 
 
 def read_results(path: Path) -> list[ResultRow]:
@@ -146,7 +197,7 @@ def read_results(path: Path) -> list[ResultRow]:
                     run=rec["run"], mixture=rec["mixture"], preset=rec["preset"], n_params=int(rec["n_params"]),
                     n_params_non_embedding=int(rec["n_params_non_embedding"]), tokens=int(rec["tokens"]),
                     synthetic_ratio=float(rec["synthetic_ratio"]), eval_set=rec["eval_set"], loss=float(rec["loss"]),
-                    synthetic_sources=rec.get("synthetic_sources") or ""))
+                    synthetic_sources=rec.get("synthetic_sources") or "", metric=rec.get("metric") or "loss"))
             except (TypeError, ValueError) as e:
                 raise MegasynthError(f"{where}: malformed row ({e})") from None
     return rows
@@ -156,7 +207,8 @@ def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfi
     """(finished runs, unfinished runs, SHA-256 of the inputs of the table)."""
     finished = [r for r in runs if layout.run(r.run_id).summary.exists()]
     unfinished = [r for r in runs if r not in finished]
-    inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals)]
+    inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals,
+                                             *sorted(layout.run(r.run_id).downstream_dir.glob("iter_*.json")))]
     digest = _inputs_hash(inputs, json.dumps({r.run_id: "+".join(r.synthetic_sources) for r in finished},
                                              sort_keys=True))
     return finished, unfinished, digest

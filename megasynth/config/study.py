@@ -124,6 +124,9 @@ class StudyConfig(ConfigFile):
             if base.synthetic_sources():
                 raise MegasynthError(f"collapse.base_mixture: {base.name!r} has synthetic sources; generation 0 of "
                                      "the loop is trained on natural text")
+            if self.tokenizer.type == "llama3":
+                raise MegasynthError("collapse.generations: the loop exports each model with an HF tokenizer for "
+                                     "vLLM; use tokenizer.type bpe or huggingface")
 
 
 def _check_in_loop(evaluation: EvaluationConfig, train: TrainConfig) -> None:

@@ -178,14 +178,28 @@ def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     tokenizer = ensure_tokenizer(cfg, layout)
     logger.info("tokenizer %s: vocab_size %d, eod %d", tokenizer.name, tokenizer.vocab_size, tokenizer.eod)
     for name, kind, paths in _sources(cfg, layout):
-        prefix = layout.tokenized_prefix(name)
-        stats_path = layout.tokenized_stats(name)
-        if _tokenized(layout, name, tokenizer):
-            logger.info("tokenized %s: complete, skipping", name)
-            continue
-        for p in paths:
-            if not p.is_file():
-                raise MegasynthError(f"{p}: input of source {name!r} not found (run the earlier stages first)")
-        stats = preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name)
-        write_json(stats_path, {"source": name, "kind": kind, **stats})
-        mark_done(prefix, {"tokens": stats["tokens"], "documents": stats["documents"]})
+        tokenize_source(layout, name, kind, paths, tokenizer)
+
+
+def tokenize_source(layout: "StudyLayout", name: str, kind: str, paths: list[Path],
+                    tokenizer: MegasynthTokenizer) -> dict:
+    """Tokenize source ``name`` (JSONL ``paths``) into ``tokenized/<name>_text_document`` with its stats file and
+    marker, unless it is complete; return its stats (``tokenized/<name>.stats.json``: ``source``, ``kind``
+    (``natural``/``synthetic``/``eval``) and :func:`preprocess_jsonl`'s).
+
+    Raises:
+        MegasynthError: a missing input, malformed JSONL, a complete source tokenized with another tokenizer.
+    """
+    prefix = layout.tokenized_prefix(name)
+    stats_path = layout.tokenized_stats(name)
+    if _tokenized(layout, name, tokenizer):
+        logger.info("tokenized %s: complete, skipping", name)
+        return read_json(stats_path)
+    for p in paths:
+        if not p.is_file():
+            raise MegasynthError(f"{p}: input of source {name!r} not found (run the earlier stages first)")
+    stats = {"source": name, "kind": kind,
+             **preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name)}
+    write_json(stats_path, stats)
+    mark_done(prefix, {"tokens": stats["tokens"], "documents": stats["documents"]})
+    return stats

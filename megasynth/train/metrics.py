@@ -12,7 +12,7 @@ Files of ``runs/<run_id>/`` (see docs/CONTRACTS.md; paths from :class:`~megasynt
   validation cross-entropy, nats/token) and ``bpb`` (bits per UTF-8 byte) of every held-out set; ``acc``,
   ``acc_norm``, ``bpb`` of downstream tasks evaluated in the loop (:mod:`megasynth.train.evaluator`). Rows
   written before the ``metric`` field existed are ``{..., "loss": x}`` and read as metric ``loss``
-  (:func:`eval_row_value`).
+  (:func:`megasynth.train.record.eval_row_value`).
 - ``tb/``: TensorBoard events: ``train/loss``, ``train/lr``, ``train/grad_norm``,
   ``train/consumed_tokens``, ``train/tokens_per_s``, ``train/tflops_per_device``, ``train/mfu``,
   ``train/peak_mem_gib``, ``eval/<eval_set>/{loss,bpb}``, ``downstream/<task>/{acc,acc_norm,bpb}`` (x-axis: step).
@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 
 from megasynth.layout import RunLayout
+from megasynth.train.record import eval_row_value
 
 logger = logging.getLogger("megasynth.train")
 
@@ -82,13 +83,6 @@ def peak_memory_gib() -> float:
         return torch.cuda.max_memory_allocated() / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
-
-
-def eval_row_value(row: dict) -> tuple[str, float]:
-    """``(metric, value)`` of an ``evals.jsonl`` row; a row without ``metric`` (older files) is ``("loss", row["loss"])``."""
-    if "metric" in row:
-        return str(row["metric"]), row["value"]
-    return "loss", row["loss"]
 
 
 def _truncate_jsonl(path: Path, last_step: int) -> list[dict]:
