@@ -46,10 +46,11 @@ def test_overrides_before_and_after_options_dry_run_writes_nothing(tmp_path):
         config, stages = out.stdout.split("# stages")
         resolved = yaml.safe_load(config)
         assert resolved["train"]["train_iters"] == 60 and resolved["study_dir"] == "studies/q2"
-        want = ["corpora", "generate", "preprocess", "mix", "train", "evaluate", "report"] if argv[0] == "run" \
-            else ["mix"]
+        want = ["corpora", "generate", "preprocess", "mix", "train", "collapse", "evaluate", "report"] \
+            if argv[0] == "run" else ["mix"]
         assert [ln.split(":")[0] for ln in stages.splitlines()[1:]] == want
-        assert all(ln.endswith(": run") for ln in stages.splitlines()[1:])
+        assert all(ln.endswith(": run") or ln == "collapse: skip (collapse.generations: 0)"
+                   for ln in stages.splitlines()[1:])
     assert not (tmp_path / "studies").exists()
 
 

@@ -100,22 +100,27 @@ def test_training_logs_bpb_tasks_and_token_losses(study):
 
 def test_evaluate_stage_results_and_cache(study, monkeypatch):
     from megasynth.analysis.results import read_results, task_names
+    from megasynth.evaluation.checkpoints import evaluate_run_checkpoint
     from megasynth.study.runs import evaluate_runs, results_done
 
     cfg, layout, summaries = study
     cfg2 = StudyConfig.from_dict({**_study_dict(layout.root), "evaluation": {"tasks": ["arc_easy", "gsm8k_bpb"],
                                                                               "limit": 4, "in_loop": True}})
     assert not results_done(cfg2, layout)
-    evaluate_runs(cfg2, layout, run_ids=["natural"])  # only the natural run's checkpoint
-    assert not results_done(cfg2, layout)  # hq50 still lacks its tasks
-    evaluate_runs(cfg2, layout)
-    assert results_done(cfg2, layout)
-    cache = read_json(layout.run("natural").downstream(12))
-    assert set(cache["tasks"]) == {"arc_easy", "gsm8k_bpb"} and cache["tokens"] == 12 * 8 * SEQ
-    # The final checkpoint, reloaded at TP = PP = 1, scores arc_easy as the training loop did at step 12.
+    # The final checkpoint, reloaded at TP = PP = 1, scores arc_easy as the training loop did at step 12 ...
+    rec = evaluate_run_checkpoint(RunConfig.from_study(cfg2, "natural"), layout, cfg2.evaluation, reuse_in_loop=False)
     loop = summaries["natural"]["final_downstream"]["arc_easy"]
-    for k, v in cache["tasks"]["arc_easy"]["metrics"].items():
+    for k, v in rec["tasks"]["arc_easy"]["metrics"].items():
         assert v == pytest.approx(loop[k], abs=1e-4), k
+    assert rec["tasks"]["arc_easy"]["num_instances"] == 4
+    # ... so the stage takes in-loop tasks of the same limit from the run's final step.
+    evaluate_runs(cfg2, layout, run_ids=["hq50"])  # only that run's checkpoint
+    cache = read_json(layout.run("hq50").downstream(12))
+    assert set(cache["tasks"]) == {"arc_easy", "gsm8k_bpb"} and cache["tokens"] == 12 * 8 * SEQ
+    assert cache["tasks"]["arc_easy"]["source"] == "in_loop" and "source" not in cache["tasks"]["gsm8k_bpb"]
+    assert results_done(cfg2, layout)
+    cfg3 = StudyConfig.from_dict({**_study_dict(layout.root), "evaluation": {"tasks": ["arc_easy", "piqa"], "limit": 2}})
+    assert not results_done(cfg3, layout)  # other tasks and limit: not done
     # Reruns skip cached tasks: no model is built.
     import megasynth.train.checkpoint as ck
 

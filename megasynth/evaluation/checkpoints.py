@@ -15,7 +15,10 @@ Cache: ``runs/<run_id>/downstream/iter_NNNNNNN.json`` (:meth:`RunLayout.downstre
 
 A task is re-evaluated when its cached ``limit`` differs from the requested one; the whole file is ignored
 when the run's ``summary.json`` (a retrained run), the tokenizer or the sequence length changed. Rerunning
-the stage therefore evaluates only what is missing.
+the stage therefore evaluates only what is missing. A task the run evaluated in the training loop
+(``evaluation.in_loop``) with the same ``limit`` is taken from its final step (``summary.json``'s
+``final_downstream``: the same weights, requests and scorer) without building the model (``"source":
+"in_loop"``).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def cached_results(files: "RunLayout", tokenizer_id: Optional[str] = None, seq_l
 
     ``tokenizer_id`` / ``seq_length``: when given, a record made with others is stale.
     """
+    if not files.downstream_dir.is_dir():  # (also: runs from before the cache existed)
+        return {}
     path = files.downstream(final_step(files))
     if not path.is_file():
         return {}
@@ -77,8 +82,10 @@ def missing_tasks(files: "RunLayout", evaluation: "EvaluationConfig") -> list[st
     return [t for t in evaluation.tasks if t not in tasks or tasks[t].get("limit") != evaluation.limit]
 
 
-def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation: "EvaluationConfig") -> dict:
-    """Score ``evaluation.tasks`` on the final checkpoint of the finished run ``run`` (cached tasks skipped).
+def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation: "EvaluationConfig",
+                            reuse_in_loop: bool = True) -> dict:
+    """Score ``evaluation.tasks`` on the final checkpoint of the finished run ``run`` (cached tasks skipped;
+    with ``reuse_in_loop``, tasks of the run's in-loop evaluation at the same ``limit`` taken from its final step).
 
     Single process (it creates a one-process group when none exists and tears it down after).
 
@@ -107,7 +114,17 @@ def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation:
     cached = rec.get("tasks", {})
     todo = [(i, t) for i, t in enumerate(evaluation.tasks)
             if t not in cached or cached[t].get("limit") != evaluation.limit]
+    rec = {"checkpoint": layout.relative(files.checkpoints), "step": step, "tokens": step * run.train.tokens_per_step,
+           "summary_sha256": _sha(files.summary), "tokenizer": tok_id, "seq_length": seq, "tasks": dict(cached)}
+    in_loop = read_json(files.summary).get("final_downstream") or {}
+    if reuse_in_loop and run.evaluation.in_loop and run.evaluation.limit == evaluation.limit:
+        for _, t in [x for x in todo if x[1] in run.evaluation.tasks and x[1] in in_loop]:
+            rec["tasks"][t] = {"limit": evaluation.limit, "metrics": dict(in_loop[t]), "source": "in_loop"}
+            todo.remove(next(x for x in todo if x[1] == t))
+            logger.info("%s: %s from the in-loop evaluation at step %d", run.run_id, t, step)
     if not todo:
+        if rec["tasks"] != cached:
+            write_json(files.downstream(step), rec)
         logger.info("%s: downstream tasks cached (%s)", run.run_id, files.downstream(step))
         return rec
     ckpt = latest_checkpoint(files.checkpoints)
@@ -128,9 +145,7 @@ def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation:
     finally:
         if created:
             builder.destroy_parallel()
-    rec = {"checkpoint": layout.relative(ckpt), "step": step, "tokens": step * run.train.tokens_per_step,
-           "summary_sha256": _sha(files.summary), "tokenizer": tok_id, "seq_length": seq,
-           "tasks": dict(cached)}
+    rec["checkpoint"] = layout.relative(ckpt)
     for r in results:
         rec["tasks"][r.task] = {"limit": evaluation.limit, "kind": r.kind, "primary_metric": r.primary_metric,
                                 "metrics": r.metrics, "num_instances": r.num_instances,
