@@ -134,8 +134,9 @@ def _readme_inputs(sandbox: Path) -> None:
     for mixture, ratio, E in (("natural", 0.0, 3.0), ("hq33", 0.33, 2.9)):
         for D in (1e5, 2e5, 4e5, 8e5, 1.6e6):
             loss = E + 400.0 * D ** -0.5
-            rows.append(f"{mixture},{mixture},llama3-tiny,10000000,2000000,{int(D)},{ratio},wiki,{loss!r},"
-                        f"{'hq' if ratio else ''}")
+            for metric, value in (("loss", loss), ("bpb", 0.5 * loss)):
+                rows.append(f"{mixture},{mixture},llama3-tiny,10000000,2000000,{int(D)},{ratio},wiki,{value!r},"
+                            f"{'hq' if ratio else ''},{metric}")
     (sandbox / "results.csv").write_text("\n".join(rows) + "\n")
     (sandbox / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in (
         "The river rises in the northern hills.", "Farmers grow wheat and beans.", "A stone bridge of seven arches.")))
@@ -176,4 +177,6 @@ def test_every_readme_command_runs(tmp_path):
     fit = json.loads((tmp_path / "fits" / "data_law_fit.json").read_text())  # the E the table was made with
     assert [(f["mixture"], round(f["params"]["E"], 3)) for f in fit["fits"]] == [("natural", 3.0), ("hq33", 2.9)]
     assert (tmp_path / "fits" / "efficiency.json").is_file()
+    bpb = json.loads((tmp_path / "fits" / "bpb_law_fit.json").read_text())  # --metric bpb: the bpb rows
+    assert [(f["mixture"], round(f["params"]["E"], 3)) for f in bpb["fits"]] == [("natural", 1.5), ("hq33", 1.45)]
     assert not (tmp_path / "studies" / "q2").exists()  # dry runs write nothing

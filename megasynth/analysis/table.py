@@ -112,9 +112,10 @@ def select_metric(df: pd.DataFrame, metric: str = "loss", col: str = "metric") -
         if metric != "loss":
             raise MegasynthError(f"{_where(df)}: --metric {metric}: the table has no {col!r} column (loss rows only)")
         return df
-    sub = df[df[col].astype(str) == metric]
+    metrics = df[col].where(df[col].notna() & (df[col].astype(str) != ""), "loss").astype(str)  # blank: older rows
+    sub = df[metrics == metric]
     if sub.empty:
-        have = ", ".join(sorted(map(str, df[col].dropna().unique())))
+        have = ", ".join(sorted(metrics.unique()))
         raise MegasynthError(f"{_where(df)}: no rows with {col} {metric!r} (metrics: {have})")
     sub = sub.reset_index(drop=True)
     sub.attrs = dict(df.attrs)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -94,6 +95,9 @@ class EvaluatorCallback(Callback):
                         ", ".join(f"{x.name} ({x.num_instances} instances)" for x in self.tasks),
                         sum(len(x.requests) for x in self.tasks))
         self.final_documents: dict[str, dict] = {}
+        self.seconds = {"heldout": 0.0, "token_losses": 0.0, "downstream": 0.0}
+        """Wall seconds of this invocation's evaluations: held-out sets (sampled or documents), the final
+        document pass for per-token losses when the evaluations are sampled, downstream tasks."""
 
     # ------------------------------------------------------------------ hooks
     def post_step(self, step: int) -> None:
@@ -109,6 +113,7 @@ class EvaluatorCallback(Callback):
             out["final_downstream"] = {x.name: dict(last.get(x.name, {})) for x in self.tasks}
         if self.final_documents:
             out["token_losses"] = self.final_documents
+        out["eval_seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -123,21 +128,29 @@ class EvaluatorCallback(Callback):
             want_tokens = False
         with self.state.eval_mode():
             for name in self.run.eval_sets:
+                t0 = time.monotonic()
+                res = None
                 if t.eval_documents:
                     res = self._documents(name)
                     values = {"loss": res.nats_per_token, "bpb": res.bits_per_byte}
                 else:
                     nats, tokens, nbytes = self.state.evaluate_sampled(self.state.eval_ds[name], self.token_bytes)
                     values = {"loss": nats / max(tokens, 1), "bpb": nats / (LN2 * nbytes) if nbytes else float("nan")}
-                    res = self._documents(name) if want_tokens else None
+                self.seconds["heldout"] += time.monotonic() - t0
                 self.metrics.log_eval(step, consumed, name, values)
-                if want_tokens and res is not None:
+                if want_tokens:
+                    t0 = time.monotonic()
+                    if res is None:  # sampled evaluations: score the documents once, at the last step
+                        res = self._documents(name)
                     self._save_token_losses(name, res)
+                    self.seconds["token_losses"] += time.monotonic() - t0
             for task in self.tasks:
                 from megasynth.evaluation.tasks import evaluate_task
 
+                t0 = time.monotonic()
                 r = evaluate_task(self._model, task, t.seq_length,
                                   max_batch_tokens=self.run.evaluation.max_batch_tokens)
+                self.seconds["downstream"] += time.monotonic() - t0
                 self.metrics.log_eval(step, consumed, task.name, r.metrics, group="downstream")
 
     @property

@@ -248,8 +248,9 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
         ``padded_vocab_size``, ``train_iters``, ``final_eval_loss`` (``{eval_set: loss}``), ``parallel``
         (tp/pp/dp/vpp), ``tflops_per_device``, ``mfu`` (None without a peak), ``resumed_from`` (step or None);
         from the evaluator: ``final_eval_bpb`` (``{eval_set: bits per byte}``), ``final_downstream``
-        (``{task: {metric: value}}``, in-loop tasks only) and ``token_losses`` (``{eval_set: {documents, tokens,
-        bytes, nats_per_token, bits_per_byte, path}}`` of the final document pass).
+        (``{task: {metric: value}}``, in-loop tasks only), ``token_losses`` (``{eval_set: {documents, tokens,
+        bytes, nats_per_token, bits_per_byte, path}}`` of the final document pass) and ``eval_seconds``
+        (``{heldout, token_losses, downstream}``: wall seconds of this invocation's evaluations).
 
     Raises:
         MegasynthError: a changed setting of an existing run (:func:`check_run_dir`), missing
