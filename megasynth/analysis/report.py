@@ -7,11 +7,16 @@ warnings); writes
   fit has its group keys (``mixture``, ``preset``, ``eval_set``) and :meth:`LawFit.to_dict` fields
   (params E, B, beta; bootstrap CIs; RMSE in nats and in log-loss);
 * ``report/report.md`` — mixtures, final-loss table (best per eval set in bold, difference to the
-  all-natural mixture), fit table, notes;
-* ``report/loss_vs_tokens.png`` and ``report/final_loss.png``.
+  all-natural mixture, bits per byte beside each loss), fit table, the sections of
+  :mod:`~megasynth.analysis.report_sections` and :mod:`~megasynth.analysis.report_evaluation` (downstream tasks,
+  unigram statistics → ``fits/unigrams.json``, model collapse → ``fits/collapse.json``), notes;
+* ``report/loss_vs_tokens.png`` and ``report/final_loss.png`` (+ the sections' plots).
+
+The fits, tables and plots of held-out loss use the ``loss`` rows of ``results.csv`` (its ``metric`` column).
 
 Rerun policy: the marker ``report/report.md.done`` stores a SHA-256 of every input (results.csv,
-the mixture files, the report/mixture/name sections of the config and :data:`REPORT_VERSION`);
+the mixture files, the tokenized stats and run summaries the unigram section reads, the report/mixture/name/
+collapse sections of the config and :data:`REPORT_VERSION`);
 :func:`report_up_to_date` compares it (the study runner skips the stage when it matches and all outputs
 exist), and :func:`run_report` regenerates everything.
 
