@@ -2,7 +2,8 @@
 
 Study commands, ``megasynth <stage> STUDY.yaml [key=value ...] [--study-dir DIR] [--dry-run] [-v]``: every
 stage of :data:`megasynth.study.stages.STAGES`, and ``run`` (all stages in order, skipping what is
-complete). ``key=value`` arguments override study-file fields with dotted paths
+complete). ``megasynth evaluate`` also takes ``--tasks arc_easy,hellaswag`` (``evaluation.tasks``), ``--limit N``
+(``evaluation.limit``) and ``--run ID`` (only that run's checkpoint). ``key=value`` arguments override study-file fields with dotted paths
 (``train.train_iters=20``, ``mixtures.0.sources.sotu=1.0``) and may stand before or after the options.
 ``--dry-run`` prints the resolved config and which stages would run, and writes nothing.
 
@@ -76,6 +77,12 @@ def study_parser(command: str) -> argparse.ArgumentParser:
     if command == "serve":
         p.add_argument("--generator", action="append", help="only this generator (repeatable; default: every "
                        "server generator)")
+    if command == "evaluate":
+        p.add_argument("--tasks", help="comma-separated downstream tasks to evaluate on each finished run's final "
+                       "checkpoint (arc_easy,hellaswag,piqa,gsm8k_bpb,...; overrides evaluation.tasks)")
+        p.add_argument("--limit", type=int, help="instances per task (overrides evaluation.limit)")
+        p.add_argument("--run", action="append", help="evaluate the checkpoint of this run id only (repeatable); "
+                       "results.csv still covers every finished run")
     return p
 
 
@@ -106,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides)
         if args.study_dir:
             overrides.append(f"study_dir={args.study_dir}")
+        options = {}
+        if command == "evaluate":
+            if args.tasks is not None:
+                overrides.append(f"evaluation.tasks=[{','.join(t.strip() for t in args.tasks.split(',') if t.strip())}]")
+            if args.limit is not None:
+                overrides.append(f"evaluation.limit={args.limit}")
+            options = {"run_ids": args.run} if args.run else {}
         cfg = StudyConfig.from_yaml(args.study, overrides)
         if command == "serve":
             from megasynth.generate.serve import serve
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             run_study(cfg, layout)
         else:
-            run_stage(command, cfg, layout, **kwargs)
+            run_stage(command, cfg, layout, **kwargs, **options)
     except MegasynthError as e:
         from megasynth.train.signals import TrainingInterrupted
 

@@ -17,8 +17,11 @@ tokenizer/tokenizer.json           trained/exported tokenizer (HF format)
 tokenized/<name>_text_document.{bin,idx} + <name>.stats.json, tokenized/cache/ (megatron-core indices)
 mixtures/<mix>.json                blend weights (prefixes relative to the study root), shares, epochs
 runs/<run_id>/{run.yaml, summary.json, metrics.jsonl, evals.jsonl, checkpoints/, tb/, attempt.json, error.json}
+runs/<run_id>/token_losses/<eval_set>.npy    per-token ids and losses of the final evaluation
+runs/<run_id>/downstream/iter_NNNNNNN.json   downstream task results of a checkpoint (evaluate stage)
 logs/runs/<run_id>.log             console output of a run started by a sweep executor (appended per attempt)
-results.csv                        one row per (run, budget, eval set)
+collapse/g<k>/                     the recursive loop: generator/ (HF export), corpora/, synthetic/
+results.csv                        one row per (run, budget, eval set or task, metric)
 fits/<name>.json                   scaling-law fits
 report/{report.md, *.png}
 ```
@@ -93,6 +96,24 @@ class RunLayout:
     RECORDS = ("run.yaml", "attempt.json")
     """Files that describe the run and its current attempt rather than its outputs: a restart from step 0
     leaves them in place (``megasynth.train.checkpoint.move_aside``)."""
+
+    @property
+    def token_losses_dir(self) -> Path:
+        """``token_losses/``: per-token losses of the final evaluation, one file per held-out set."""
+        return self.dir / "token_losses"
+
+    def token_losses(self, eval_set: str) -> Path:
+        """``token_losses/<eval_set>.npy``: ``[n_tokens]`` records ``(token int32, loss float32 nats)``."""
+        return self.token_losses_dir / f"{eval_set}.npy"
+
+    @property
+    def downstream_dir(self) -> Path:
+        """``downstream/``: downstream task results of the run's checkpoints (the ``evaluate`` stage's cache)."""
+        return self.dir / "downstream"
+
+    def downstream(self, step: int) -> Path:
+        """``downstream/iter_NNNNNNN.json``: ``{task: result}`` of the checkpoint after ``step`` steps."""
+        return self.downstream_dir / f"iter_{step:07d}.json"
 
 
 @dataclass(frozen=True)
@@ -225,6 +246,16 @@ class StudyLayout:
         """A path stored relative to the study root (see :meth:`relative`) as a usable path."""
         p = Path(path)
         return p if p.is_absolute() else self.root / p
+
+    # ------------------------------------------------------------------ the recursive loop (collapse)
+    def collapse(self, k: int) -> "StudyLayout":
+        """``collapse/g<k>/``: generation ``k`` of the recursive loop, itself laid out as a study directory
+        (``corpora/`` holds a link to the seed corpus, ``synthetic/<style>/`` the generated records)."""
+        return StudyLayout(self.root / "collapse" / f"g{k}")
+
+    def collapse_generator(self, k: int) -> Path:
+        """``collapse/g<k>/generator/``: the HF Llama export of generation ``k − 1``'s final checkpoint."""
+        return self.collapse(k).root / "generator"
 
     # ------------------------------------------------------------------ runs and results
     @property

@@ -140,17 +140,18 @@ def test_run_evaluate_collects_finished_runs(tmp_path, caplog):
         rows = list(csv.reader(f))
     assert rows[0] == ["run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens",
                        "synthetic_ratio", "eval_set", "loss", "synthetic_sources", "seed", "schedule",
-                       "schedule_complete", "generator"]
+                       "schedule_complete", "generator", "metric"]
     t1, t2 = str(10 * TOKENS_PER_STEP), str(20 * TOKENS_PER_STEP)
     common = ["llama3-tiny", "1234567", "234567"]
     run = ["1234", "cosine", "false"]  # the planned runs' seed and schedule; 20 of their 100 steps: not complete
+    # evals.jsonl rows written before the metric field existed are loss rows
     assert rows[1:] == [
-        ["hq33", "hq33", *common, t1, "0.33", "wiki", "4.9", "hq", *run, ""],
-        ["hq33", "hq33", *common, t2, "0.33", "wiki", "4.25", "hq", *run, ""],
-        ["natural", "natural", *common, t1, "0.0", "lambada", "6.0", "", *run, ""],
-        ["natural", "natural", *common, t1, "0.0", "wiki", "5.0", "", *run, ""],
-        ["natural", "natural", *common, t2, "0.0", "lambada", "5.5", "", *run, ""],
-        ["natural", "natural", *common, t2, "0.0", "wiki", "4.5", "", *run, ""],
+        ["hq33", "hq33", *common, t1, "0.33", "wiki", "4.9", "hq", *run, "", "loss"],
+        ["hq33", "hq33", *common, t2, "0.33", "wiki", "4.25", "hq", *run, "", "loss"],
+        ["natural", "natural", *common, t1, "0.0", "lambada", "6.0", "", *run, "", "loss"],
+        ["natural", "natural", *common, t1, "0.0", "wiki", "5.0", "", *run, "", "loss"],
+        ["natural", "natural", *common, t2, "0.0", "lambada", "5.5", "", *run, "", "loss"],
+        ["natural", "natural", *common, t2, "0.0", "wiki", "4.5", "", *run, "", "loss"],
     ]
     marker = json.loads(marker_path(layout.results).read_text())
     assert marker["runs"] == ["natural", "hq33"] and marker["skipped_unfinished"] == ["qa33"]

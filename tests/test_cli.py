@@ -46,10 +46,11 @@ def test_overrides_before_and_after_options_dry_run_writes_nothing(tmp_path):
         config, stages = out.stdout.split("# stages")
         resolved = yaml.safe_load(config)
         assert resolved["train"]["train_iters"] == 60 and resolved["study_dir"] == "studies/q2"
-        want = ["corpora", "generate", "decontaminate", "preprocess", "mix", "train", "evaluate", "report"] \
+        want = ["corpora", "generate", "decontaminate", "preprocess", "mix", "train", "collapse", "evaluate", "report"] \
             if argv[0] == "run" else ["mix"]
         assert [ln.split(":")[0] for ln in stages.splitlines()[1:]] == want
-        assert all(ln.endswith(": run") for ln in stages.splitlines()[1:])
+        assert all(ln.endswith(": run") or ln == "collapse: skip (collapse.generations: 0)"
+                   for ln in stages.splitlines()[1:])
     assert not (tmp_path / "studies").exists()
 
 
@@ -140,8 +141,9 @@ def _readme_inputs(sandbox: Path) -> None:
     for mixture, ratio, E in (("natural", 0.0, 3.0), ("hq33", 0.33, 2.9)):
         for D in (1e5, 2e5, 4e5, 8e5, 1.6e6):
             loss = E + 400.0 * D ** -0.5
-            rows.append(f"{mixture},{mixture},llama3-tiny,10000000,2000000,{int(D)},{ratio},wiki,{loss!r},"
-                        f"{'hq' if ratio else ''}")
+            for metric, value in (("loss", loss), ("bpb", 0.5 * loss)):
+                rows.append(f"{mixture},{mixture},llama3-tiny,10000000,2000000,{int(D)},{ratio},wiki,{value!r},"
+                            f"{'hq' if ratio else ''},{metric}")
     (sandbox / "results.csv").write_text("\n".join(rows) + "\n")
     (sandbox / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in (
         "The river rises in the northern hills.", "Farmers grow wheat and beans.", "A stone bridge of seven arches.")))
@@ -193,4 +195,6 @@ def test_every_readme_command_runs(tmp_path):
     fit = json.loads((tmp_path / "fits" / "data_law_fit.json").read_text())  # the E the table was made with
     assert [(f["mixture"], round(f["params"]["E"], 3)) for f in fit["fits"]] == [("natural", 3.0), ("hq33", 2.9)]
     assert (tmp_path / "fits" / "efficiency.json").is_file()
+    bpb = json.loads((tmp_path / "fits" / "bpb_law_fit.json").read_text())  # --metric bpb: the bpb rows
+    assert [(f["mixture"], round(f["params"]["E"], 3)) for f in bpb["fits"]] == [("natural", 1.5), ("hq33", 1.45)]
     assert not (tmp_path / "studies" / "q2").exists()  # dry runs write nothing

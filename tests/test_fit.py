@@ -198,6 +198,28 @@ def test_cli_fit_data_law_per_group(tmp_path):
     assert all(f["residuals"]["max_abs_log"] < 0.01 for f in res["fits"])
 
 
+def test_cli_fit_uses_the_rows_of_one_metric(tmp_path, capsys):
+    """A results table with a ``metric`` column: fits take the ``loss`` rows unless ``--metric`` says otherwise."""
+    df, path = _table(tmp_path)
+    base = ["fit", "--law", "data", "--group-by", "n_params", "--bootstrap", "0"]
+    assert main([base[0], str(path), *base[1:], "--out", str(tmp_path / "plain.json")]) == 0
+    mixed = tmp_path / "mixed.csv"
+    pd.concat([df.assign(metric="loss"), df.assign(metric="bpb", loss=df["loss"] * 0.6),
+               df.assign(metric="acc", loss=0.3)]).to_csv(mixed, index=False)
+    assert main([base[0], str(mixed), *base[1:], "--out", str(tmp_path / "loss.json")]) == 0
+    assert main([base[0], str(mixed), *base[1:], "--metric", "bpb", "--out", str(tmp_path / "bpb.json")]) == 0
+    plain, loss, bpb = (json.loads((tmp_path / f"{n}.json").read_text())["fits"] for n in ("plain", "loss", "bpb"))
+    assert [f["params"] for f in loss] == [f["params"] for f in plain]
+    for a, b in zip(bpb, plain):  # L' = 0.6 L: E and B scale, beta stays
+        assert a["params"]["E"] == pytest.approx(0.6 * b["params"]["E"], rel=1e-3)
+        assert a["params"]["beta"] == pytest.approx(b["params"]["beta"], rel=1e-3)
+    capsys.readouterr()
+    assert main([base[0], str(mixed), *base[1:], "--metric", "acc_norm"]) == 2
+    assert "no rows with metric 'acc_norm' (metrics: acc, bpb, loss)" in capsys.readouterr().err
+    assert main([base[0], str(path), *base[1:], "--metric", "bpb"]) == 2
+    assert "has no 'metric' column" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("edit, args, msg", [
     (None, ["--loss-col", "nope"], "missing column 'nope'"),
     ("neg_n", [], "row 0: n_params must be > 0"),

@@ -58,13 +58,14 @@ def test_stage_packages_never_import_the_top_floor():
 
 
 def test_base_floor_imports_no_stage_and_no_top():
-    """``config/`` reads two torch-free catalogs of a higher floor to validate names: the preset table of
-    ``model/presets.py`` (``model.preset``) and the prompt families of ``generate/prompts.py``
-    (``generation.prompts``); nothing else."""
+    """``config/`` reads three torch-free catalogs of a higher floor to validate names: the preset table of
+    ``model/presets.py`` (``model.preset``), the prompt families of ``generate/prompts.py``
+    (``generation.prompts``) and the task names of ``evaluation/catalog.py`` (``evaluation.tasks``); nothing else."""
     files = [PKG / "layout.py", PKG / "utils.py", *sorted((PKG / "config").glob("*.py"))]
     forbidden = TOP + tuple(f"megasynth.{p}" for p in STAGE_PACKAGES)
     allowed = {"megasynth.model.presets", "megasynth.model.presets.PRESETS", "megasynth.generate.prompts",
-               "megasynth.generate.prompts.prompt_spec"}
+               "megasynth.generate.prompts.prompt_spec", "megasynth.evaluation.catalog",
+               "megasynth.evaluation.catalog.resolve_task"}
     got = [v for v in _violations(files, forbidden) if v.rsplit(" ", 1)[1] not in allowed]
     assert got == []
 
@@ -81,13 +82,14 @@ def test_one_registry_of_stages():
     from megasynth.study.stages import STAGE, STAGES
 
     names = [s.name for s in STAGES]
-    assert names == ["corpora", "generate", "decontaminate", "preprocess", "mix", "train", "evaluate", "report"]
+    assert names == ["corpora", "generate", "decontaminate", "preprocess", "mix", "train", "collapse", "evaluate",
+                     "report"]
     assert list(study_commands()) == [*names, "run", "serve"] and set(ANALYSIS_COMMANDS) == {"fit", "analyze"}
     for i, s in enumerate(STAGES):  # requirements come earlier in the order the runner follows
         assert all(names.index(r) < i for r in s.requires), s.name
         assert callable(s.run_fn()) and s.help and s.writes and s.done_when
     assert [s.name for s in STAGES if s.auto] == ["corpora", "decontaminate"]
-    assert STAGE["generate"].skip_if is not None
+    assert STAGE["generate"].skip_if is not None and STAGE["collapse"].skip_if is not None
 
 
 def test_contracts_table_is_rendered_from_the_registry():

@@ -138,8 +138,8 @@ def test_layouts_match_one_process_curve(runs, name):
     base, other = _losses(layout, ref), _losses(layout, name)
     assert len(base) == len(other) == STEPS
     assert base[-1] < base[0] - 0.15  # it trains
-    evals = [r["loss"] for r in read_jsonl(layout.run_dir(name) / "evals.jsonl")]
-    base_evals = [r["loss"] for r in read_jsonl(layout.run_dir(ref) / "evals.jsonl")]
+    evals = [r["value"] for r in read_jsonl(layout.run_dir(name) / "evals.jsonl")]  # loss and bpb rows
+    base_evals = [r["value"] for r in read_jsonl(layout.run_dir(ref) / "evals.jsonl")]
     diff = max(abs(a - b) for a, b in zip(base + base_evals, other + evals))
     gn_diff = max(abs(a - b) for a, b in zip(_grad_norms(layout, ref), _grad_norms(layout, name)))
     print(f"{name}: max |loss diff| {diff:.3g} nats, max |grad norm diff| {gn_diff:.3g}")  # shown with pytest -s

@@ -138,9 +138,10 @@ def test_study_end_to_end_killed_and_rerun(tmp_path, tiny_generator_dir):
     # results.csv: one row per (run, budget, eval set), nothing duplicated or lost.
     with open(root / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    keys = [(r["run"], int(r["tokens"]), r["eval_set"]) for r in rows]
+    keys = [(r["run"], int(r["tokens"]), r["eval_set"], r["metric"]) for r in rows]
     budgets = TRAIN_ITERS // EVAL_INTERVAL
-    assert len(keys) == len(set(keys)) == len(MIXTURES) * budgets * 2
+    assert len(keys) == len(set(keys)) == len(MIXTURES) * budgets * 2 * 2  # loss and bpb per eval set
+    assert {r["metric"] for r in rows} == {"loss", "bpb"}
     assert {r["mixture"] for r in rows} == set(MIXTURES)
     tokens_per_step = 8 * 64
     assert sorted({int(r["tokens"]) for r in rows}) == [s * tokens_per_step for s in range(4, 13, 4)]

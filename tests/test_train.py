@@ -130,9 +130,11 @@ def test_training_lowers_loss_and_writes_outputs(study, trained):
     lrs = [m["lr"] for m in metrics]
     assert lrs[0] == pytest.approx(1e-3) and lrs[2] == pytest.approx(3e-3) and lrs[-1] == pytest.approx(3e-4)
 
-    evals = list(read_jsonl(run / "evals.jsonl", required=("step", "consumed_tokens", "eval_set", "loss")))
-    assert [(e["step"], e["eval_set"]) for e in evals] == [(10, "wiki"), (20, "wiki"), (30, "wiki")]
-    assert evals[-1]["loss"] < evals[0]["loss"]
+    evals = list(read_jsonl(run / "evals.jsonl", required=("step", "consumed_tokens", "eval_set", "metric", "value")))
+    assert [(e["step"], e["eval_set"], e["metric"]) for e in evals] == [
+        (s, "wiki", m) for s in (10, 20, 30) for m in ("loss", "bpb")]
+    losses = [e["value"] for e in evals if e["metric"] == "loss"]
+    assert losses[-1] < losses[0]
     assert evals[-1]["consumed_tokens"] == 30 * 8 * SEQ
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -141,7 +143,7 @@ def test_training_lowers_loss_and_writes_outputs(study, trained):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/consumed_tokens", "train/tokens_per_s", "train/tflops_per_device",
-            "train/peak_mem_gib", "eval/wiki/loss"} <= tags
+            "train/peak_mem_gib", "eval/wiki/loss", "eval/wiki/bpb"} <= tags
     assert len(acc.Scalars("train/loss")) == 30
     assert (run / "run.yaml").is_file()
     assert (run / "checkpoints" / "iter_0000030" / "metadata.json").is_file()

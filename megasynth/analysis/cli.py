@@ -1,5 +1,8 @@
 """``megasynth fit …`` and ``megasynth analyze {optimal-ratio,efficiency,unigrams,generators} …``.
 
+Tables with a ``metric`` column (megasynth's ``results.csv``) are reduced to the rows of ``--metric`` (default
+``loss``) first, so fits never mix held-out losses with bits per byte or accuracies.
+
 Entry point: :func:`main` with ``argv`` excluding the program name, e.g.
 ``main(["fit", "results.csv", "--law", "chinchilla", "--n-col", "n_params", "--d-col", "tokens"])``.
 Writes JSON (and a PNG) and prints a short summary. Exit codes: 0 success, 2 bad input (one line
@@ -30,6 +33,8 @@ class _Parser(argparse.ArgumentParser):
 def _table_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("table", help="results table (.csv, .tsv or .parquet)")
     p.add_argument("--loss-col", default="loss", help="loss column, nats per token (default: loss)")
+    p.add_argument("--metric", default="loss", help="with a `metric` column (results.csv): use the rows of this "
+                   "metric: loss (default), bpb, acc, acc_norm")
     p.add_argument("--d-col", default="tokens", help="training tokens column (default: tokens)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for intervals (default 200)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -137,12 +142,12 @@ def _rows(df, args):
 def _cmd_fit(args) -> None:
     from megasynth.analysis.chinchilla import CHINCHILLA_GRID
     from megasynth.analysis.fit_table import fit_table
-    from megasynth.analysis.table import load_table
+    from megasynth.analysis.table import load_table, select_metric
 
     out = Path(args.out) if args.out else _default_out(args.table, f"{args.law}_law_fit")
     png = Path(args.png) if args.png else out.with_suffix(".png")
     grid = CHINCHILLA_GRID if args.grid == "full" else CHINCHILLA_GRID[::62]
-    res = fit_table(_rows(load_table(args.table), args), args.law, d_col=args.d_col, loss_col=args.loss_col, n_col=args.n_col,
+    res = fit_table(_rows(select_metric(load_table(args.table), args.metric), args), args.law, d_col=args.d_col, loss_col=args.loss_col, n_col=args.n_col,
                     group_by=args.group_by, flops_col=args.tokens_from_flops, run_col=args.run_col,
                     n_bootstrap=args.bootstrap, seed=args.seed, ci_level=args.ci_level, delta=args.delta,
                     loss=args.loss, extrapolate_cut=args.extrapolate_cut, min_points=args.min_points, grid=grid,
@@ -162,7 +167,7 @@ def _cmd_fit(args) -> None:
 
 def _cmd_analyze(args) -> None:
     from megasynth.analysis import mixtures
-    from megasynth.analysis.table import load_table
+    from megasynth.analysis.table import load_table, select_metric
 
     if args.analysis == "unigrams":
         from megasynth.analysis.unigrams import compare_corpora
@@ -195,7 +200,7 @@ def _cmd_analyze(args) -> None:
                   f"{p['token_coverage']:.2%}, KL = {p['kl_nats']:.4f} nats (smoothing {args.smoothing})")
         print(f"wrote {args.out}")
         return
-    df = _rows(load_table(args.table), args)
+    df = _rows(select_metric(load_table(args.table), args.metric), args)
     if args.analysis == "optimal-ratio":
         res = mixtures.optimal_ratio_table(df, ratio_col=args.ratio_col, loss_col=args.loss_col,
                                            group_by=args.group_by, curve=args.curve, n_bootstrap=args.bootstrap,

@@ -280,6 +280,9 @@ class LawFit:
     x_range: tuple[float, float]
     at_bound: list[str] = field(default_factory=list)
     """Internal parameters that ended on a bound (e.g. ``beta`` at 0: no decrease with D)."""
+    bootstrap_params: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)
+    """The parameters of each usable bootstrap refit (in memory only; not in :meth:`to_dict`), e.g. for the
+    interval of a difference of two fits' E."""
 
     _spec_cls: ClassVar[type[LawSpec]] = LawSpec
 
@@ -465,7 +468,7 @@ def fit_law(spec_cls: type[LawSpec], X: np.ndarray, L: np.ndarray, *,
     return fit_cls(law=spec.name, formula=spec.formula, params=params, ci=ci, ci_level=ci_level, rmse=rmse,
                    rmse_log=rmse_log, n_points=n, n_bootstrap=n_bootstrap, n_bootstrap_ok=len(boots), seed=seed,
                    loss=loss, delta=delta, ref=spec.ref, x_range=(float(x_flat.min()), float(x_flat.max())),
-                   at_bound=at_bound)
+                   at_bound=at_bound, bootstrap_params=boots)
 
 
 def fit_data_law(D: np.ndarray | Sequence[float], L: np.ndarray | Sequence[float], *,

@@ -262,3 +262,38 @@ def plot_ratio_trend(path: Path, panels: list[dict], title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple]]], labels: list[str], xlabel: str,
+                ylabel: str, title: str, logx: bool = True, xticklabels: list[str] | None = None,
+                styles: dict[str, str] | None = None) -> None:
+    """One panel per ``(panel title, {series key: (x [n], y [n])})``; a line with markers per series.
+
+    A series key is a label of ``labels`` (its colour) or ``(label, variant)`` with ``styles[variant]`` a line
+    style (e.g. ``acc`` solid, ``acc_norm`` dashed). ``xticklabels``: categorical x (positions 0..n−1).
+    """
+    n = max(1, len(panels))
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
+    colors = _colors(labels)
+    for ax, (ptitle, series) in zip(axes, panels):
+        for key, (x, y) in series.items():
+            label, variant = key if isinstance(key, tuple) else (key, None)
+            ls = (styles or {}).get(variant, "-")
+            ax.plot(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), ls, marker="o", ms=3.5,
+                    lw=1.3, color=colors.get(label), label=f"{label} {variant}" if variant else label)
+        if logx:
+            ax.set_xscale("log")
+        if xticklabels is not None:
+            ax.set_xticks(range(len(xticklabels)), xticklabels, fontsize=8)
+        ax.set_title(ptitle, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    _save(fig, path)

@@ -11,12 +11,17 @@ warnings); writes
   fit has its group keys (``mixture``, ``preset``, ``eval_set``) and :meth:`LawFit.to_dict` fields
   (params E, B, beta; bootstrap CIs; RMSE in nats and in log-loss);
 * ``report/report.md`` — mixtures, final-loss table (best per eval set in bold, difference to the
-  all-natural mixture), fit table, the sections of :mod:`~megasynth.analysis.report_sections` (generators,
-  decontamination, ...), notes;
-* ``report/loss_vs_tokens.png`` and ``report/final_loss.png``.
+  all-natural mixture, bits per byte beside each loss), fit table, the sections of
+  :mod:`~megasynth.analysis.report_sections` (frontier, ratio trends, seed spread, generators, decontamination)
+  and :mod:`~megasynth.analysis.report_evaluation` (downstream tasks, unigram statistics → ``fits/unigrams.json``,
+  model collapse → ``fits/collapse.json``), notes;
+* ``report/loss_vs_tokens.png`` and ``report/final_loss.png`` (+ the sections' plots).
+
+The fits, tables and plots of held-out loss use the ``loss`` rows of ``results.csv`` (its ``metric`` column).
 
 Rerun policy: the marker ``report/report.md.done`` stores a SHA-256 of every input (results.csv,
-the mixture files, ``decontamination.json``, the report/mixture/name sections of the config and :data:`REPORT_VERSION`);
+the mixture files, ``decontamination.json``, the tokenized stats and run summaries the unigram section reads, the
+report/mixture/name/collapse sections of the config and :data:`REPORT_VERSION`);
 :func:`report_up_to_date` compares it (the study runner skips the stage when it matches and all outputs
 exist), and :func:`run_report` regenerates everything.
 
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from megasynth.analysis.laws import DataLaw, DataLawFit, fit_data_law
-from megasynth.analysis.results import ResultRow, complete_rows, read_results
+from megasynth.analysis.results import ResultRow, complete_rows, metric_rows, read_results
 from megasynth.config import StudyConfig
 from megasynth.layout import StudyLayout
 from megasynth.utils import (MegasynthError, Progress, atomic_path, is_done, mark_done, marker_path, read_json,
@@ -130,14 +135,16 @@ def _inputs_hash(cfg: StudyConfig, layout: StudyLayout, mixtures: list[str], opt
     for name in mixtures:
         p = layout.mixture(name)
         h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b"<missing>"))
-    unigrams = layout.fit("unigrams")
-    h.update(unigrams.read_bytes() if unigrams.exists() else b"<no unigrams>")
+    from megasynth.analysis.report_evaluation import unigram_inputs
+
+    for p in unigram_inputs(cfg, layout, read_results(layout.results)):  # tokenized stats, run summaries
+        h.update(str(p).encode() + b"\0" + (p.read_bytes() if p.exists() else b"<missing>"))
     decon = layout.decontamination_report
     h.update(decon.read_bytes() if decon.exists() else b"<no decontamination>")
     d = cfg.to_dict()
     h.update(json.dumps({"v": REPORT_VERSION, "name": d["name"], "seed": d["seed"], "report": d["report"],
-                         "mixtures": d["mixtures"], "natural": cfg.natural_sources, "options": options},
-                       sort_keys=True).encode())
+                         "mixtures": d["mixtures"], "natural": cfg.natural_sources, "options": options,
+                         "collapse": d["collapse"], "eval_sets": cfg.eval_sets}, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -166,7 +173,7 @@ def report_up_to_date(cfg: StudyConfig, layout: StudyLayout) -> bool:
     if not (layout.results.exists() and all(p.exists() for p in _outputs(layout))
             and is_done(layout.report) and is_done(layout.fit("data_law"))):
         return False
-    rows = read_results(layout.results)
+    rows = metric_rows(read_results(layout.results), "loss")
     return read_json(marker_path(layout.report)).get("inputs_sha256") == _digest(cfg, layout, _series(cfg, rows))
 
 
@@ -180,9 +187,10 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     Raises:
         MegasynthError: ``results.csv`` missing, malformed or empty.
     """
-    rows = read_results(layout.results)
+    all_rows = read_results(layout.results)
+    rows = metric_rows(all_rows, "loss")  # held-out loss (nats/token): the fits, tables and plots below
     if not rows:
-        raise MegasynthError(f"{layout.results}: no result rows (no finished runs); train and evaluate first")
+        raise MegasynthError(f"{layout.results}: no held-out loss rows (no finished runs); train and evaluate first")
     series = _series(cfg, rows)
     mixtures = list(dict.fromkeys(s.mixture for s in series))
     fits_path, md_path = layout.fit("data_law"), layout.report
@@ -314,10 +322,21 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     md += [f"At the largest budget all runs reached ({budget_desc})"
            + (f", mean over {n_seeds} seeds" if n_seeds > 1 else "") + ". Best per eval set in **bold**. "
            + (f"Δ = loss − loss of the all-natural mixture `{baseline}` (negative = better than natural)."
-              if baseline else "No all-natural mixture in the results: no Δ column."), ""]
+              if baseline else "No all-natural mixture in the results: no Δ column.")
+           + (" Loss in nats per token; bpb = bits per UTF-8 byte of the same evaluation (Σ nats / (ln 2 · bytes), "
+              "independent of the tokenizer)." if any(r.metric == "bpb" for r in all_rows) else ""), ""]
+    # Bits per byte of the same evaluations (tokenizer-independent), beside each loss column.
+    bpb: dict[tuple[str, str], float] = {}
+    for r in metric_rows(all_rows, "bpb"):
+        lab = by_series.get((r.mixture, r.preset))
+        if lab is not None and r.eval_set in final_tokens and r.tokens == final_tokens[r.eval_set]:
+            bpb[(lab.label, r.eval_set)] = r.loss
+        elif lab is not None and final_tokens.get(r.eval_set) is None:
+            bpb[(lab.label, r.eval_set)] = r.loss  # no common budget: the run's last evaluation (rows are sorted)
+    has_bpb = bool(bpb)
     header = ["mixture"]
     for es in eval_sets:
-        header += [es] + ([f"Δ {es}"] if baseline else [])
+        header += [es] + ([f"Δ {es}"] if baseline else []) + ([f"{es} bpb"] if has_bpb else [])
     if len(eval_sets) > 1:
         header += ["mean"] + (["Δ mean"] if baseline else [])
     best = {es: min((final[(lab, es)] for lab in labels if (lab, es) in final), default=float("nan"))
@@ -335,6 +354,8 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
             row.append(f"**{cell}**" if math.isfinite(v) and v == best[es] else cell)
             if baseline:
                 row.append("baseline" if s.label == base else _signed(v - b))
+            if has_bpb:
+                row.append(_fmt(bpb.get((s.label, es), float("nan"))))
         if len(eval_sets) > 1:
             mean, bmean = float(np.mean(vals)), float(np.mean(base_vals))
             row.append(_fmt(mean))
@@ -388,6 +409,18 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
                                            n_bootstrap=fit_opts["n_bootstrap"], seed=cfg.seed,
                                            ci_level=fit_opts["ci_level"])
     md += extra_md
+
+    from megasynth.analysis.report_evaluation import collapse_section, downstream_section, unigram_section
+
+    triples = [(x.mixture, x.preset, x.label) for x in series]
+    down_md, down_files = downstream_section(all_rows, triples, layout, cfg.name)
+    uni_md, uni_files, uni = unigram_section(cfg, layout, rows, triples)
+    col_md, col_files = collapse_section(
+        cfg, layout, rows, {(x.mixture, x.preset, es): fits[(x.label, es)] for x in series for es in eval_sets
+                            if (x.label, es) in fits},
+        baseline, uni, ci_level=fit_opts["ci_level"], seed=cfg.seed)
+    md += down_md + uni_md + col_md
+    extra_files = extra_files + down_files + uni_files + col_files
 
     from megasynth.generate.synthllm.quality import report_section as synthllm_section
 

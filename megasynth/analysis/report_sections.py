@@ -20,8 +20,8 @@ The rows given are those at the end of a schedule (``schedule_complete``; every 
   the natural baseline [CI] (:func:`~megasynth.analysis.mixtures.compare_generators`); ``fits/generators.json``.
 * **Decontamination** — from ``decontamination.json`` (the ``decontaminate`` stage): per training source and
   eval set, documents checked and removed, example n-grams.
-* **Unigram statistics** — rendered from ``fits/unigrams.json`` if ``megasynth analyze unigrams
-  --out <study>/fits/unigrams.json`` wrote one.
+
+Downstream tasks, unigram statistics and model collapse: :mod:`megasynth.analysis.report_evaluation`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import pandas as pd
 
 from megasynth.analysis.results import ResultRow
 from megasynth.layout import StudyLayout
-from megasynth.utils import MegasynthError, read_json, write_json
+from megasynth.utils import MegasynthError, write_json
 
 logger = logging.getLogger("megasynth.analysis")
 
@@ -187,18 +187,6 @@ def extra_sections(rows: list[ResultRow], layout: StudyLayout, baseline: str | N
     # Decontamination (written by the decontaminate stage)
     md += decontamination_section(layout)
 
-    # Unigrams (written by `megasynth analyze unigrams`)
-    upath = layout.fit("unigrams")
-    if upath.exists():
-        u = read_json(upath)
-        md += ["## Unigram statistics", "", f"From `fits/unigrams.json`; {u.get('kl', 'KL(eval || train)')}.", ""]
-        md += _table(["corpus", "role", "tokens", "types", "entropy (bits)", "tail mass beyond top-k"],
-                     [[k, s["role"], s["tokens"], s["types"], _f(s["entropy_bits"], ".3f"),
-                       _f(s["tail_mass_beyond_top_k"], ".4f")] for k, s in u.get("corpora", {}).items()])
-        md += [""] + _table(["eval", "train", "type coverage", "token coverage", "KL (nats)"],
-                            [[p["eval"], p["train"], f"{p['type_coverage']:.2%}", f"{p['token_coverage']:.2%}",
-                              _f(p["kl_nats"], ".4f")] for p in u.get("pairs", [])])
-        md.append("")
     return md, written
 
 

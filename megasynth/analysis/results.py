@@ -1,14 +1,27 @@
-"""The evaluate stage: every finished run's held-out losses → one ``results.csv``.
+"""The evaluate stage's table: every finished run's evaluations → one ``results.csv``.
 
-``results.csv`` has one row per (run, budget, eval set) with the columns of :data:`COLUMNS`
-(``tokens`` = consumed training tokens D at that evaluation; ``loss`` in nats per token; ``seed`` and
-``schedule`` of the run; ``schedule_complete`` true for the evaluation at the run's last step). Rows are
-sorted by (run, tokens, eval_set).
+``results.csv`` has one row per (run, budget, eval set or task, metric) with the columns of :data:`COLUMNS`
+(``tokens`` = consumed training tokens D at that evaluation; ``seed`` and ``schedule`` of the run;
+``schedule_complete`` true for the evaluation at the run's last step). ``metric`` says what ``loss`` holds:
+
+- ``loss``: held-out cross-entropy in nats per token (the column's original meaning; tables written before
+  the ``metric`` column hold only these rows and are read as such);
+- ``bpb``: bits per UTF-8 byte, of a held-out set (``Σ nats / (ln 2 · bytes)``, tokenizer-independent) or of a
+  downstream task's gold answers;
+- ``acc``, ``acc_norm``: a downstream task's accuracy (OLMES raw and per-character normalised).
+
+For task rows ``eval_set`` holds the task name (``arc_easy``, ``gsm8k_bpb``; task names and held-out set
+names never coincide: the config refuses it). A held-out set always has ``loss`` rows and a task never does,
+which is how readers tell them apart (:func:`task_names`). Rows come from ``runs/<run_id>/evals.jsonl``
+(held-out sets at every evaluation; in-loop tasks) and from the ``evaluate`` stage's downstream cache of the
+final checkpoint (``runs/<run_id>/downstream/iter_NNNNNNN.json``), which replaces an in-loop row of the same
+key. Rows are sorted by (run, tokens, eval_set, metric). Scaling-law fits use the ``loss`` rows
+(:func:`metric_rows`).
 
 Rerun policy: the completion marker ``results.csv.done`` stores a SHA-256 of the inputs (the
-``summary.json`` and ``evals.jsonl`` of every finished run); :func:`results_up_to_date` compares it, and
-the study runner skips the stage when it matches. A run that finished since, or changed files,
-regenerates the table (it is cheap).
+``summary.json``, ``evals.jsonl`` and downstream cache of every finished run); :func:`results_up_to_date`
+compares it, and the study runner skips the stage when it matches. A run that finished since, or changed
+files, regenerates the table (it is cheap).
 """
 
 from __future__ import annotations
@@ -29,16 +42,18 @@ from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, mar
 logger = logging.getLogger("megasynth.analysis")
 
 COLUMNS = ("run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens", "synthetic_ratio",
-           "eval_set", "loss", "synthetic_sources", "seed", "schedule", "schedule_complete", "generator")
+           "eval_set", "loss", "synthetic_sources", "seed", "schedule", "schedule_complete", "generator", "metric")
 REQUIRED_COLUMNS = COLUMNS[:9]  # tables written before the later columns existed still parse
+METRICS = ("loss", "bpb", "acc", "acc_norm")
+"""Values of the ``metric`` column."""
 SUMMARY_KEYS = ("mixture", "preset", "n_params", "n_params_non_embedding", "synthetic_ratio")
-EVAL_KEYS = ("step", "consumed_tokens", "eval_set", "loss")
+EVAL_KEYS = ("step", "consumed_tokens", "eval_set")
 
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One row of ``results.csv``: the held-out loss (nats/token) of ``run`` on ``eval_set`` after
-    ``tokens`` consumed training tokens."""
+    """One row of ``results.csv``: the value (``loss``) of ``metric`` of ``run`` on ``eval_set`` (a held-out set
+    or a task) after ``tokens`` consumed training tokens."""
 
     run: str
     mixture: str
@@ -62,10 +77,25 @@ class ResultRow:
     generator: str = ""
     """Generator(s) of those sources (their manifests' ``generator.name``), ``+``-joined in order (``""``: none)."""
 
+    metric: str = "loss"
+    """What ``loss`` holds: ``loss`` (nats/token), ``bpb``, ``acc`` or ``acc_norm`` (module docstring)."""
+
     @property
     def sort_key(self) -> tuple:
-        """The row's key: (run, tokens, eval set); one row per key (``megasynth results merge`` dedups by it)."""
-        return (self.run, self.tokens, self.eval_set)
+        """The row's key: (run, tokens, eval set, metric); one row per key (``megasynth results merge`` dedups
+        by it)."""
+        return (self.run, self.tokens, self.eval_set, self.metric)
+
+
+def metric_rows(rows: list[ResultRow], metric: str = "loss") -> list[ResultRow]:
+    """The rows of one ``metric`` (``loss`` rows are what the scaling-law fits use)."""
+    return [r for r in rows if r.metric == metric]
+
+
+def task_names(rows: list[ResultRow]) -> list[str]:
+    """Downstream tasks of a table: ``eval_set`` values with no ``loss`` row, in first-appearance order."""
+    heldout = {r.eval_set for r in rows if r.metric == "loss"}
+    return list(dict.fromkeys(r.eval_set for r in rows if r.eval_set not in heldout))
 
 
 def _int_field(value, where: str) -> int:
@@ -83,15 +113,18 @@ def _float_field(value, where: str) -> float:
 
 def collect_run(run: str, run_dir: Path, synthetic_sources: str = "", generator: str = "", *,
                 seed: Optional[int] = None, schedule: str = "", train_iters: Optional[int] = None) -> list[ResultRow]:
-    """Rows of one finished run from ``run_dir/{summary.json, evals.jsonl}``.
+    """Rows of one finished run from ``run_dir/{summary.json, evals.jsonl}`` and its downstream cache.
 
-    A repeated (step, eval set) — e.g. re-evaluated after a resume — keeps the last occurrence. The
-    evaluation at step ``train_iters`` (default: the summary's) is ``schedule_complete``; ``seed`` and
-    ``schedule`` default to the summary's.
+    A repeated (step, eval set, metric) — e.g. re-evaluated after a resume — keeps the last occurrence; a task
+    of the downstream cache of the final checkpoint replaces the in-loop row of the same key. The evaluation at
+    step ``train_iters`` (default: the summary's) is ``schedule_complete``, as are the downstream cache's rows (the
+    final checkpoint); ``seed`` and ``schedule`` default to the summary's.
 
     Raises:
         MegasynthError: missing/malformed ``evals.jsonl`` or ``summary.json`` field (``file:line``).
     """
+    from megasynth.train.record import eval_row_value
+
     files = RunLayout.at(run_dir)
     summary_path, evals_path = files.summary, files.evals
     summary = read_json(summary_path)
@@ -108,22 +141,43 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "", generator:
         synthetic_sources=synthetic_sources, seed=seed if seed is not None else summary.get("seed"),
         schedule=schedule or str(summary.get("schedule", "")), generator=generator)
     last = train_iters if train_iters is not None else summary.get("train_iters")
-    by_key: dict[tuple[int, str], ResultRow] = {}
+    by_key: dict[tuple, ResultRow] = {}
     for lineno, rec in read_jsonl_numbered(evals_path, EVAL_KEYS):
         where = f"{evals_path}:{lineno}"
         tokens = _int_field(rec["consumed_tokens"], f"{where}: consumed_tokens")
         if tokens < 0:
             raise MegasynthError(f"{where}: consumed_tokens must be >= 0, got {tokens}")
-        loss = _float_field(rec["loss"], f"{where}: loss")
-        if not math.isfinite(loss):
-            logger.warning("%s: non-finite loss %r kept in results.csv (the report skips it)", where, loss)
+        try:
+            metric, value = eval_row_value(rec)
+        except KeyError as e:
+            raise MegasynthError(f"{where}: missing key {e.args[0]!r}") from None
+        if metric not in METRICS:
+            raise MegasynthError(f"{where}: metric: unknown {metric!r} (known: {', '.join(METRICS)})")
+        value = _float_field(value, f"{where}: {'value' if 'metric' in rec else 'loss'}")
+        if not math.isfinite(value):
+            logger.warning("%s: non-finite %s %r kept in results.csv (the report skips it)", where, metric, value)
         step = _int_field(rec["step"], f"{where}: step")
-        by_key[(step, str(rec["eval_set"]))] = ResultRow(
-            tokens=tokens, eval_set=str(rec["eval_set"]), loss=loss,
+        by_key[(tokens, str(rec["eval_set"]), metric)] = ResultRow(
+            tokens=tokens, eval_set=str(rec["eval_set"]), loss=value, metric=metric,
             schedule_complete=None if last is None else step == last, **base)
     if not by_key:
         logger.warning("%s: no evaluations recorded", evals_path)
+    for task, tokens, metric, value in _downstream_rows(files):
+        by_key[(tokens, task, metric)] = ResultRow(tokens=tokens, eval_set=task, loss=value, metric=metric,
+                                                   schedule_complete=None if last is None else True, **base)
     return list(by_key.values())
+
+
+def _downstream_rows(files: RunLayout) -> list[tuple[str, int, str, float]]:
+    """``(task, tokens, metric, value)`` of the current downstream cache of the run's final checkpoint."""
+    from megasynth.evaluation.checkpoints import cached_results
+
+    rec = cached_results(files)
+    out = []
+    for task, res in rec.get("tasks", {}).items():
+        for metric, value in res.get("metrics", {}).items():
+            out.append((task, int(rec["tokens"]), metric, float(value)))
+    return out
 
 
 def _inputs_hash(paths: list[Path], extra: str = "") -> str:
@@ -144,7 +198,8 @@ def write_results(path: Path, rows: list[ResultRow]) -> None:
             w.writerow([r.run, r.mixture, r.preset, r.n_params, r.n_params_non_embedding, r.tokens,
                         repr(r.synthetic_ratio), r.eval_set, repr(r.loss), r.synthetic_sources,
                         "" if r.seed is None else r.seed, r.schedule,
-                        "" if r.schedule_complete is None else str(r.schedule_complete).lower(), r.generator])
+                        "" if r.schedule_complete is None else str(r.schedule_complete).lower(), r.generator,
+                        r.metric])
 
 
 def read_results(path: Path) -> list[ResultRow]:
@@ -171,7 +226,7 @@ def read_results(path: Path) -> list[ResultRow]:
                     synthetic_sources=rec.get("synthetic_sources") or "",
                     seed=int(rec["seed"]) if rec.get("seed") not in (None, "") else None,
                     schedule=rec.get("schedule") or "", schedule_complete=_bool_field(rec.get("schedule_complete")),
-                    generator=rec.get("generator") or ""))
+                    generator=rec.get("generator") or "", metric=rec.get("metric") or "loss"))
             except (TypeError, ValueError) as e:
                 raise MegasynthError(f"{where}: malformed row ({e})") from None
     return rows
@@ -263,7 +318,8 @@ def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfi
     """(finished runs, unfinished runs, SHA-256 of the inputs of the table)."""
     finished = [r for r in runs if layout.run(r.run_id).summary.exists()]
     unfinished = [r for r in runs if r not in finished]
-    inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals)]
+    inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals,
+                                             *sorted(layout.run(r.run_id).downstream_dir.glob("iter_*.json")))]
     digest = _inputs_hash(inputs, json.dumps({r.run_id: ["+".join(r.synthetic_sources), r.train.seed, r.schedule,
                                                          r.train.train_iters, run_generator(r, layout)]
                                               for r in finished}, sort_keys=True))

@@ -15,7 +15,7 @@ import pandas as pd
 
 from megasynth.utils import MegasynthError
 
-__all__ = ["load_table", "require_columns", "numeric_column", "tokens_from_flops", "group_items"]
+__all__ = ["load_table", "require_columns", "numeric_column", "tokens_from_flops", "group_items", "select_metric"]
 
 
 def load_table(path: str | Path) -> pd.DataFrame:
@@ -98,3 +98,25 @@ def group_items(df: pd.DataFrame, group_by: Sequence[str] | None) -> list[tuple[
         key = key if isinstance(key, tuple) else (key,)
         out.append(({c: (k.item() if hasattr(k, "item") else k) for c, k in zip(group_by, key)}, sub))
     return out
+
+
+def select_metric(df: pd.DataFrame, metric: str = "loss", col: str = "metric") -> pd.DataFrame:
+    """The rows of ``metric`` when the table has a ``metric`` column (megasynth's ``results.csv``: ``loss``,
+    ``bpb``, ``acc``, ``acc_norm``; the value is in the ``loss`` column); a table without the column is all
+    ``loss`` rows.
+
+    Raises:
+        MegasynthError: no row of ``metric``; a metric other than ``loss`` asked of a table without the column.
+    """
+    if col not in df.columns:
+        if metric != "loss":
+            raise MegasynthError(f"{_where(df)}: --metric {metric}: the table has no {col!r} column (loss rows only)")
+        return df
+    metrics = df[col].where(df[col].notna() & (df[col].astype(str) != ""), "loss").astype(str)  # blank: older rows
+    sub = df[metrics == metric]
+    if sub.empty:
+        have = ", ".join(sorted(metrics.unique()))
+        raise MegasynthError(f"{_where(df)}: no rows with {col} {metric!r} (metrics: {have})")
+    sub = sub.reset_index(drop=True)
+    sub.attrs = dict(df.attrs)
+    return sub

@@ -19,7 +19,13 @@ Statistics (``p`` = eval distribution, ``q`` = training distribution over a voca
   types and less tail mass than natural text of the same size;
 * loss attribution: given per-token eval losses aligned with the eval ``.bin`` (the loss of
   predicting each token, NaN where none), the total loss carried by each type, and the rare types
-  (training count ≤ ``rare_count``) that carry most of it.
+  (training count ≤ ``rare_count``) that carry most of it;
+* a run's training distribution: the *expected* count of each id in its training stream,
+  ``Σ_s share_s · D · c_s / N_s`` over the mixture's sources (:func:`expected_counts`; ``D`` training tokens,
+  ``c_s`` and ``N_s`` a source's counts and size), and eval losses bucketed by that count
+  (:func:`loss_by_frequency`: the study's "rare unigrams drive the loss" reading);
+* size-matched comparisons: a corpus subsampled without replacement to another's size
+  (:func:`subsample_counts`), so entropy, types and tail mass of corpora of different sizes compare.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from megasynth.utils import MegasynthError, Progress
 logger = logging.getLogger("megasynth.analysis")
 
 __all__ = ["read_index_dtype", "token_memmap", "count_unigrams", "distribution_stats", "coverage", "kl_divergence",
-           "loss_by_type", "rare_loss_contributors", "compare_corpora", "DTYPES"]
+           "loss_by_type", "rare_loss_contributors", "compare_corpora", "DTYPES", "type_losses", "expected_counts",
+           "subsample_counts", "loss_by_frequency", "FREQUENCY_EDGES"]
 
 _INDEX_HEADER = b"MMIDIDX\x00\x00"
 DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
@@ -260,4 +267,84 @@ def compare_corpora(train: dict[str, str | Path], eval_sets: dict[str, str | Pat
         s, n = loss_by_type(eval_sets[e], lo, V)
         tr = sum(counts[t] for t in train)
         out["rare_loss"][e] = rare_loss_contributors(s, n, tr, rare_count, top, decode)
+    return out
+
+
+def type_losses(token_ids: np.ndarray, losses: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(loss_sum [V], n [V])`` of per-token losses ``[n]`` (nats) grouped by their ids ``[n]`` (a saved
+    ``token_losses/<eval_set>.npy``: ``arr["token"]``, ``arr["loss"]``); NaN losses are skipped.
+
+    Raises:
+        MegasynthError: shapes differ, or an id outside ``[0, vocab_size)``.
+    """
+    t = np.asarray(token_ids).astype(np.int64)
+    lo = np.asarray(losses, dtype=np.float64)
+    if t.shape != lo.shape:
+        raise MegasynthError(f"losses: shape {lo.shape} does not match the token ids' {t.shape}")
+    if t.size and (t.min() < 0 or t.max() >= vocab_size):
+        raise MegasynthError(f"token ids: outside [0, {vocab_size})")
+    ok = np.isfinite(lo)
+    return (np.bincount(t[ok], weights=lo[ok], minlength=vocab_size)[:vocab_size],
+            np.bincount(t[ok], minlength=vocab_size)[:vocab_size].astype(np.int64))
+
+
+def expected_counts(source_counts: dict[str, np.ndarray], shares: dict[str, float], tokens: float) -> np.ndarray:
+    """Expected count of each id in a run's ``tokens`` training tokens drawn from sources at ``shares``:
+    ``Σ_s share_s · tokens · c_s / N_s`` (float64 ``[V]``).
+
+    Raises:
+        MegasynthError: a source with a positive share has no counts or no tokens.
+    """
+    out = None
+    total = sum(r for r in shares.values() if r > 0)
+    for src, r in shares.items():
+        if r <= 0:
+            continue
+        c = source_counts.get(src)
+        if c is None or c.sum() <= 0:
+            raise MegasynthError(f"expected_counts: source {src!r} has no tokens")
+        part = (r / total) * tokens * np.asarray(c, dtype=np.float64) / float(c.sum())
+        out = part if out is None else _pad(out, part.size) + _pad(part, out.size)
+    if out is None:
+        raise MegasynthError("expected_counts: no source with a positive share")
+    return out
+
+
+def subsample_counts(counts: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Counts of ``n`` tokens drawn without replacement from a corpus with ``counts`` ``[V]`` (multivariate
+    hypergeometric; ``counts`` itself when ``n`` ≥ its size)."""
+    c = np.asarray(counts, dtype=np.int64)
+    if n >= c.sum():
+        return c.copy()
+    return np.random.default_rng(seed).multivariate_hypergeometric(c, int(n), method="marginals").astype(np.int64)
+
+
+FREQUENCY_EDGES = (0.0, 1.0, 10.0, 100.0, 1000.0, math.inf)
+"""Training-count buckets of :func:`loss_by_frequency`: ``[0, 1)``, ``[1, 10)``, ``[10, 100)``, ``[100, 1000)``,
+``[1000, ∞)`` (expected occurrences in the run's training tokens)."""
+
+
+def loss_by_frequency(token_ids: np.ndarray, losses: np.ndarray, train_counts: np.ndarray,
+                      edges: tuple[float, ...] = FREQUENCY_EDGES) -> list[dict[str, Any]]:
+    """Eval tokens bucketed by the training count of their id: per bucket ``[lo, hi)`` the eval ``tokens``,
+    ``token_share``, ``mean_loss`` (nats) and ``loss_share`` (of the summed eval loss).
+
+    Raises:
+        MegasynthError: shapes differ.
+    """
+    t = np.asarray(token_ids).astype(np.int64)
+    lo = np.asarray(losses, dtype=np.float64)
+    if t.shape != lo.shape:
+        raise MegasynthError(f"losses: shape {lo.shape} does not match the token ids' {t.shape}")
+    ok = np.isfinite(lo)
+    t, lo = t[ok], lo[ok]
+    freq = _pad(np.asarray(train_counts, dtype=np.float64), int(t.max()) + 1 if t.size else 0)[t]
+    total, n = float(lo.sum()), t.size
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        m = (freq >= a) & (freq < b)
+        k = int(m.sum())
+        out.append({"lo": a, "hi": b, "tokens": k, "token_share": k / n if n else float("nan"),
+                    "mean_loss": float(lo[m].mean()) if k else float("nan"),
+                    "loss_share": float(lo[m].sum() / total) if total > 0 else float("nan")})
     return out

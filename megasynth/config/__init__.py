@@ -16,13 +16,15 @@ Example::
 
 Modules: :mod:`.data` (corpora, generation, tokenizer, mixtures), :mod:`.training` (model, ``train`` and its
 sections), :mod:`.sweep` (the ``sweep:`` grid and its executor; :mod:`.slurm` the SLURM executor's fields),
-:mod:`.study` (:class:`StudyConfig`, :class:`RunConfig`), :mod:`.loading` (YAML, overrides, typed build). Every name is importable from ``megasynth.config``.
+:mod:`.evaluation` (``evaluation``, ``collapse``), :mod:`.study` (:class:`StudyConfig`, :class:`RunConfig`),
+:mod:`.loading` (YAML, overrides, typed build). Every name is importable from ``megasynth.config``.
 """
 
-from megasynth.config.data import (GENERATOR_SEP, STYLES, SYNTHETIC_SOURCES, CorporaConfig, CorpusConfig,
-                                   DecontaminationConfig, DedupConfig, GenerationConfig, GeneratorConfig,
-                                   MixtureConfig, PromptConfig, SamplingConfig, ServerConfig, SynthLLMConfig,
-                                   TokenizerConfig, is_synthetic_source, source_style)
+from megasynth.config.data import (COLLAPSE_PREFIX, GENERATOR_SEP, STYLES, SYNTHETIC_SOURCES, CorporaConfig,
+                                   CorpusConfig, DecontaminationConfig, DedupConfig, GenerationConfig,
+                                   GeneratorConfig, MixtureConfig, PromptConfig, SamplingConfig, ServerConfig,
+                                   SynthLLMConfig, TokenizerConfig, is_synthetic_source, source_style)
+from megasynth.config.evaluation import CollapseConfig, EvaluationConfig
 from megasynth.config.loading import MOVED_KEYS, apply_override, read_yaml
 from megasynth.config.slurm import SlurmExecutorConfig
 from megasynth.config.study import RUN_LAYOUT_FIELDS, ReportConfig, RunConfig, StudyConfig
@@ -30,7 +32,8 @@ from megasynth.config.sweep import Budget, BudgetsConfig, ExecutorConfig, SweepC
 from megasynth.config.training import (BranchConfig, CheckpointConfig, ModelConfig, OptimizerConfig, ParallelConfig,
                                        TrainConfig)
 
-__all__ = ["STYLES", "SYNTHETIC_SOURCES", "GENERATOR_SEP", "is_synthetic_source", "source_style",
+__all__ = ["STYLES", "SYNTHETIC_SOURCES", "GENERATOR_SEP", "COLLAPSE_PREFIX", "is_synthetic_source", "source_style",
+           "EvaluationConfig", "CollapseConfig",
            "GeneratorConfig", "ServerConfig", "DedupConfig", "DecontaminationConfig", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
            "GenerationConfig", "PromptConfig", "TokenizerConfig", "MixtureConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig",
            "CheckpointConfig", "BranchConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig",

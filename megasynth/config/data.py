@@ -32,9 +32,14 @@ def source_style(name: str) -> Optional[str]:
     return None
 
 
+COLLAPSE_PREFIX = "collapse-g"
+"""Run, mixture and source names of the recursive loop (``collapse``): ``collapse-g<k>`` is generation ``k``."""
+
+
 def is_synthetic_source(name: str) -> bool:
-    """Whether ``name`` names a synthetic source (a style, ``<style>@<generator>`` or ``synthllm``)."""
-    return source_style(name) is not None
+    """Whether ``name`` names synthetic data: a style, ``<style>@<generator>``, ``synthllm`` or a ``collapse-g<k>``
+    generation of the recursive loop."""
+    return source_style(name) is not None or name.startswith(COLLAPSE_PREFIX)
 
 
 @dataclass
@@ -70,7 +75,7 @@ class CorporaConfig:
                 at = f"{where}.{section}[{i}]"
                 if c.name in names:
                     raise MegasynthError(f"{at}.name: duplicate corpus name {c.name!r}")
-                if c.name in SYNTHETIC_SOURCES:
+                if is_synthetic_source(c.name):
                     raise MegasynthError(f"{at}.name: {c.name!r} is reserved for a synthetic source")
                 if GENERATOR_SEP in c.name or "/" in c.name or not c.name.strip():
                     raise MegasynthError(f"{at}.name: {c.name!r}: corpus names are non-empty and contain no "

@@ -116,7 +116,14 @@ def build(tp: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return build(inner[0], value, where)
+        if len(inner) == 1:
+            return build(inner[0], value, where)
+        for tp_i in inner:  # e.g. ``int | Literal["all"]``: the first member that takes the value
+            try:
+                return build(tp_i, value, where)
+            except MegasynthError:
+                continue
+        raise MegasynthError(f"{label}: expected {' or '.join(_describe(a) for a in inner)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise MegasynthError(f"{label}: must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -151,6 +158,13 @@ def build(tp: Any, value: Any, where: str) -> Any:
             raise MegasynthError(f"{label}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _describe(tp: Any) -> str:
+    """A type as the error messages name it (``an integer``, ``'all'``)."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _join(where: str, key: str) -> str:

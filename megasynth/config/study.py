@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from megasynth.config.data import (CorporaConfig, DecontaminationConfig, GenerationConfig, MixtureConfig,
-                                   TokenizerConfig)
+from megasynth.config.data import (COLLAPSE_PREFIX, CorporaConfig, DecontaminationConfig, GenerationConfig,
+                                   MixtureConfig, TokenizerConfig)
+from megasynth.config.evaluation import CollapseConfig, EvaluationConfig
 from megasynth.config.loading import ConfigFile, flatten
 from megasynth.config.sweep import NATURAL, SweepConfig
 from megasynth.config.training import ModelConfig, TrainConfig
@@ -63,10 +64,12 @@ class StudyConfig(ConfigFile):
     mixtures: list[MixtureConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     sweep: Optional[SweepConfig] = None
     """The experiment grid (presets × budgets × mixtures × seeds, :mod:`megasynth.config.sweep`); ``None``: one
     run per mixture with the study's ``model`` and ``train``."""
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -168,7 +171,10 @@ class StudyConfig(ConfigFile):
         self.tokenizer.validate("tokenizer")
         self.model.validate("model")
         self.train.validate("train")
+        self.evaluation.validate("evaluation", self.eval_sets)
+        _check_in_loop(self.evaluation, self.train)
         self.report.validate("report")
+        self.collapse.validate("collapse")
         if self.generation.enabled and self.generation_source not in self.natural_sources:
             raise MegasynthError(f"generation.source: {self.generation_source!r} is not a corpora.train name")
         named: dict[str, str] = {}
@@ -193,6 +199,9 @@ class StudyConfig(ConfigFile):
                         raise MegasynthError(f"mixtures[{i}].sources.{src}: the same source as {key!r}, listed twice")
                     renamed[key] = r
                 m.sources = renamed
+            if m.name.startswith(COLLAPSE_PREFIX):
+                raise MegasynthError(f"mixtures[{i}].name: names starting with {COLLAPSE_PREFIX!r} are the "
+                                     "recursive loop's (collapse)")
             m.validate(f"mixtures[{i}]", known_sources)
         if self.sweep is not None:
             self.sweep.validate("sweep", synthetic=self.synthetic_sources, natural=self.natural_sources,
@@ -204,10 +213,30 @@ class StudyConfig(ConfigFile):
                 if m.name in named and dict(named[m.name].sources) != dict(m.sources):
                     raise MegasynthError(f"sweep.ratios: the grid's mixture {m.name!r} {m.sources} differs from "
                                          f"mixtures: {m.name} {named[m.name].sources}")
+        if self.collapse.generations:
+            base = next((m for m in self.mixtures if m.name == self.collapse.base_mixture), None)
+            if base is None:
+                raise MegasynthError(f"collapse.base_mixture: unknown mixture {self.collapse.base_mixture!r} "
+                                     f"(known: {', '.join(m.name for m in self.mixtures)})")
+            if base.synthetic_sources():
+                raise MegasynthError(f"collapse.base_mixture: {base.name!r} has synthetic sources; generation 0 of "
+                                     "the loop is trained on natural text")
+            if self.tokenizer.type == "llama3":
+                raise MegasynthError("collapse.generations: the loop exports each model with an HF tokenizer for "
+                                     "vLLM; use tokenizer.type bpe or huggingface")
+
+
+def _check_in_loop(evaluation: EvaluationConfig, train: TrainConfig) -> None:
+    """Downstream tasks in the training loop run on the training ranks: the scorer's layouts only."""
+    p = train.parallel
+    if evaluation.in_loop and evaluation.tasks and (p.pipeline_model_parallel_size > 1 or p.sequence_parallel):
+        raise MegasynthError("evaluation.in_loop: downstream tasks in the training loop need "
+                             "train.parallel.pipeline_model_parallel_size 1 and no sequence_parallel (the scorer); "
+                             "evaluate them after training (megasynth evaluate) instead")
 
 
 RUN_LAYOUT_FIELDS = ("run_id", "mixture.name", "train.parallel", "train.checkpoint", "train.log_interval",
-                     "train.num_workers", "train.peak_tflops")
+                     "train.num_workers", "train.peak_tflops", "evaluation.max_batch_tokens")
 """Fields of a :class:`RunConfig` that may change between attempts of a run: where it runs and what it
 logs and saves, never its loss curve. Every other field is part of :meth:`RunConfig.identity`."""
 
@@ -233,6 +262,9 @@ class RunConfig(ConfigFile):
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     eval_sets: list[str] = field(default_factory=list)
     """Held-out sets evaluated every ``train.eval_interval`` steps (``tokenized/<name>_text_document``)."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """What the run evaluates besides the held-out loss (:meth:`EvaluationConfig.for_run`: downstream tasks
+    only with ``in_loop``)."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -244,7 +276,8 @@ class RunConfig(ConfigFile):
         """
         run = cls(run_id=run_id or mixture, mixture=copy.deepcopy(cfg.mixture(mixture)),
                   model=copy.deepcopy(cfg.model), train=copy.deepcopy(cfg.train),
-                  tokenizer=copy.deepcopy(cfg.tokenizer), eval_sets=list(cfg.eval_sets))
+                  tokenizer=copy.deepcopy(cfg.tokenizer), eval_sets=list(cfg.eval_sets),
+                  evaluation=cfg.evaluation.for_run())
         run.validate()
         return run
 
@@ -296,3 +329,5 @@ class RunConfig(ConfigFile):
         self.tokenizer.validate("tokenizer")
         if len(set(self.eval_sets)) != len(self.eval_sets):
             raise MegasynthError(f"eval_sets: duplicate name in {self.eval_sets}")
+        self.evaluation.validate("evaluation", self.eval_sets)
+        _check_in_loop(self.evaluation, self.train)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from megasynth.utils import MegasynthError
 
@@ -179,8 +179,12 @@ class TrainConfig:
     """Optimizer steps."""
     eval_interval: int = 25
     """Evaluate every this many steps (and at the last step); each evaluation is one budget row."""
-    eval_iters: int = 8
-    """Micro batches of held-out data per evaluation per eval set."""
+    eval_iters: Union[int, Literal["all"]] = 8
+    """Held-out data per evaluation per eval set: an integer = that many micro batches of ``seq_length``-token
+    samples (the same fixed samples at every evaluation); ``all`` = every document of the set once
+    (``evaluation.max_documents`` caps them), each scored in windows of ``seq_length`` tokens
+    (:mod:`megasynth.evaluation.heldout`; needs ``parallel.pipeline_model_parallel_size: 1`` and no
+    ``sequence_parallel``)."""
     log_interval: int = 5
     """Console line every this many steps (``metrics.jsonl`` gets every step)."""
     seed: int = 1234
@@ -210,9 +214,15 @@ class TrainConfig:
     def validate(self, where: str = "train") -> None:
         """Check this section and its sections; raise :class:`MegasynthError` naming the dotted field."""
         for fname in ("seq_length", "micro_batch_size", "global_batch_size", "train_iters", "eval_interval",
-                      "eval_iters", "log_interval"):
+                      "log_interval"):
             if getattr(self, fname) <= 0:
                 raise MegasynthError(f"{where}.{fname}: must be > 0")
+        if self.eval_iters != "all" and (isinstance(self.eval_iters, bool) or not isinstance(self.eval_iters, int)
+                                         or self.eval_iters <= 0):
+            raise MegasynthError(f"{where}.eval_iters: must be an integer > 0 or 'all', got {self.eval_iters!r}")
+        if self.eval_documents and (self.parallel.pipeline_model_parallel_size > 1 or self.parallel.sequence_parallel):
+            raise MegasynthError(f"{where}.eval_iters: 'all' (documents) needs {where}.parallel."
+                                 "pipeline_model_parallel_size 1 and no sequence_parallel (the document scorer)")
         if self.global_batch_size % self.micro_batch_size:
             raise MegasynthError(f"{where}.global_batch_size: must be a multiple of {where}.micro_batch_size")
         if self.num_workers < 0:
@@ -244,6 +254,11 @@ class TrainConfig:
         if any(s >= self.train_iters for s in self.checkpoint.save_steps):
             raise MegasynthError(f"{where}.checkpoint.save_steps: steps must be < train_iters ({self.train_iters}); "
                                  "the final checkpoint is always saved")
+
+    @property
+    def eval_documents(self) -> bool:
+        """Whether evaluations score every held-out document (``eval_iters: all``) rather than a sample."""
+        return self.eval_iters == "all"
 
     @property
     def tokens_per_step(self) -> int:

@@ -26,6 +26,8 @@ _EXPORTS = {
     "run_preprocess": "preprocess",
     "preprocess_done": "preprocess",
     "ensure_tokenizer": "preprocess",
+    "tokenize_source": "preprocess",
+    "write_mixture": "mixtures",
     "mixture_to_blend": "mixtures",
     "run_mix": "mixtures",
     "mix_done": "mixtures",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from megasynth.utils import MegasynthError, is_done, mark_done, read_json, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    from megasynth.config import StudyConfig
+    from megasynth.config import StudyConfig, TrainConfig
     from megasynth.layout import StudyLayout
 
 logger = logging.getLogger("megasynth.data")
@@ -122,45 +122,65 @@ def run_mix(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     Raises:
         MegasynthError: a source of a mixture is not tokenized (run ``megasynth preprocess``).
     """
-    t = cfg.train
     tokenizer = None
     for mix in cfg.run_mixtures:
-        num_samples = cfg.mixture_train_samples(mix.name)  # the largest run of it (a sweep's largest budget)
-        budget_tokens = num_samples * t.seq_length
-        out = layout.mixture(mix.name)
-        if is_done(out):
-            _check_sources(out, read_json(out), mix.sources)
+        if is_done(layout.mixture(mix.name)):
+            _check_sources(layout.mixture(mix.name), read_json(layout.mixture(mix.name)), mix.sources)
             logger.info("mixture %s: complete, skipping", mix.name)
             continue
-        prefixes: dict[str, str] = {}
-        source_tokens: dict[str, int] = {}
-        for src in mix.sources:
-            prefix = layout.tokenized_prefix(src)
-            if not is_done(prefix):
-                at = next((f"mixtures[{j}]" for j, m in enumerate(cfg.mixtures) if m.name == mix.name),
-                          f"sweep.ratios ({mix.name})")
-                raise MegasynthError(f"{at}.sources.{src}: not tokenized yet (run `megasynth preprocess`)")
-            prefixes[src] = layout.relative(prefix)
-            source_tokens[src] = int(read_json(layout.tokenized_stats(src))["tokens"])
-        record = mixture_report(mix.name, mix.sources, prefixes, source_tokens, budget_tokens)
+        where = next((f"mixtures[{j}]" for j, m in enumerate(cfg.mixtures) if m.name == mix.name),
+                     f"sweep.ratios ({mix.name})")
         if tokenizer is None:
             from megasynth.data.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(cfg.tokenizer, layout)
-        blend = ([str(layout.resolve(p)) for _, p in record["blend"]], [w for w, _ in record["blend"]])
-        realised_by_prefix = _realised(blend, tokenizer, t.seq_length, num_samples, t.seed,
-                                       str(layout.tokenized_cache))
-        realised_by_prefix = {layout.relative(p): v for p, v in realised_by_prefix.items()}
-        realised = {src: _lookup(realised_by_prefix, src, prefixes[src]) if record["requested_share"][src] > 0
-                    else 0.0 for src in mix.sources}
-        record["realised_share"] = realised
-        record["samples"] = num_samples
-        record["seq_length"] = t.seq_length
-        write_json(out, record)
-        mark_done(out)
-        logger.info("mixture %s: %s", mix.name, ", ".join(
-            f"{s} {record['requested_share'][s]:.3f} (realised {realised[s]:.3f}, {record['epochs'][s]:.2f} epochs)"
-            for s in mix.sources))
+        # the largest run of the mixture (a sweep's largest budget)
+        write_mixture(layout, mix.name, mix.sources, cfg.train, tokenizer, where,
+                      num_samples=cfg.mixture_train_samples(mix.name))
+
+
+def write_mixture(layout: "StudyLayout", name: str, sources: dict[str, float], train: "TrainConfig", tokenizer,
+                  where: str = "mixture", *, num_samples: int | None = None) -> dict:
+    """Write ``mixtures/<name>.json`` (+ marker) for ``sources`` at the budget of ``train`` (skipped when complete
+    with the same sources); return the record.
+
+    The realised share is measured on megatron-core's ``BlendedDataset`` built for ``num_samples`` samples of
+    ``seq_length`` tokens (default: ``train``'s full budget, ``train_iters · global_batch_size``).
+
+    Raises:
+        MegasynthError: a source is not tokenized (``<where>.sources.<src>``), a complete file of other sources.
+    """
+    out = layout.mixture(name)
+    if is_done(out):
+        rec = read_json(out)
+        _check_sources(out, rec, sources)
+        return rec
+    t = train
+    prefixes: dict[str, str] = {}
+    source_tokens: dict[str, int] = {}
+    for src in sources:
+        prefix = layout.tokenized_prefix(src)
+        if not is_done(prefix):
+            raise MegasynthError(f"{where}.sources.{src}: not tokenized yet (run `megasynth preprocess`)")
+        prefixes[src] = layout.relative(prefix)
+        source_tokens[src] = int(read_json(layout.tokenized_stats(src))["tokens"])
+    num_samples = t.train_samples if num_samples is None else num_samples
+    record = mixture_report(name, sources, prefixes, source_tokens, num_samples * t.seq_length)
+    blend = ([str(layout.resolve(p)) for _, p in record["blend"]], [w for w, _ in record["blend"]])
+    realised_by_prefix = _realised(blend, tokenizer, t.seq_length, num_samples, t.seed,
+                                   str(layout.tokenized_cache))
+    realised_by_prefix = {layout.relative(p): v for p, v in realised_by_prefix.items()}
+    realised = {src: _lookup(realised_by_prefix, src, prefixes[src]) if record["requested_share"][src] > 0
+                else 0.0 for src in sources}
+    record["realised_share"] = realised
+    record["samples"] = num_samples
+    record["seq_length"] = t.seq_length
+    write_json(out, record)
+    mark_done(out)
+    logger.info("mixture %s: %s", name, ", ".join(
+        f"{s} {record['requested_share'][s]:.3f} (realised {realised[s]:.3f}, {record['epochs'][s]:.2f} epochs)"
+        for s in sources))
+    return record
 
 
 def mix_done(cfg: "StudyConfig", layout: "StudyLayout") -> bool:

@@ -203,15 +203,30 @@ def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     tokenizer = ensure_tokenizer(cfg, layout)
     logger.info("tokenizer %s: vocab_size %d, eod %d", tokenizer.name, tokenizer.vocab_size, tokenizer.eod)
     for name, kind, paths in sources:
-        prefix = layout.tokenized_prefix(name)
-        stats_path = layout.tokenized_stats(name)
-        if _tokenized(layout, name, tokenizer, paths):
-            logger.info("tokenized %s: complete, skipping", name)
-            continue
-        for p in paths:
-            if not p.is_file():
-                raise MegasynthError(f"{p}: input of source {name!r} not found (run the earlier stages first)")
-        inputs_id = _inputs_id(paths)
-        stats = preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name)
-        write_json(stats_path, {"source": name, "kind": kind, **stats, "inputs_id": inputs_id})
-        mark_done(prefix, {"tokens": stats["tokens"], "documents": stats["documents"]})
+        tokenize_source(layout, name, kind, paths, tokenizer)
+
+
+def tokenize_source(layout: "StudyLayout", name: str, kind: str, paths: list[Path],
+                    tokenizer: MegasynthTokenizer) -> dict:
+    """Tokenize source ``name`` (JSONL ``paths``) into ``tokenized/<name>_text_document`` with its stats file and
+    marker, unless it is complete from ``paths`` as they are now; return its stats (``tokenized/<name>.stats.json``:
+    ``source``, ``kind`` (``natural``/``synthetic``/``eval``), :func:`preprocess_jsonl`'s, ``inputs_id``).
+
+    Raises:
+        MegasynthError: a missing input, malformed JSONL, a complete source tokenized with another tokenizer.
+    """
+    prefix = layout.tokenized_prefix(name)
+    stats_path = layout.tokenized_stats(name)
+    if _tokenized(layout, name, tokenizer, paths):
+        logger.info("tokenized %s: complete, skipping", name)
+        return read_json(stats_path)
+    for p in paths:
+        if not p.is_file():
+            raise MegasynthError(f"{p}: input of source {name!r} not found (run the earlier stages first)")
+    inputs_id = _inputs_id(paths)
+    stats = {"source": name, "kind": kind,
+             **preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name),
+             "inputs_id": inputs_id}
+    write_json(stats_path, stats)
+    mark_done(prefix, {"tokens": stats["tokens"], "documents": stats["documents"]})
+    return stats

@@ -38,6 +38,8 @@ from megasynth.data.llama3_bpe import (  # noqa: F401 - re-exported
 from megasynth.utils import MegasynthError, atomic_path, is_done, mark_done, read_json
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
     from megasynth.config import TokenizerConfig
     from megasynth.layout import StudyLayout
 
@@ -131,6 +133,21 @@ class MegasynthTokenizer(MegatronTokenizerBase):
     def detokenize(self, ids: Sequence[int]) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def token_bytes(self) -> "np.ndarray":
+        """UTF-8 bytes each id stands for: ``[vocab_size]`` int64, 0 for special tokens (eod, bos, pad, ...).
+
+        Summed over a token sequence this is the byte length of its text, the denominator of bits per
+        byte (:mod:`megasynth.train.evaluator`). Exact for byte-level vocabularies (the trained BPE, Llama-3's
+        tiktoken ranks, GPT-2-style HF tokenizers); other HF tokenizers count ``<0xNN>`` byte-fallback tokens
+        as 1 byte and other tokens as the UTF-8 length of their text with ``▁`` read as a space. Cached.
+        """
+        if getattr(self, "_token_bytes", None) is None:
+            self._token_bytes = self._compute_token_bytes()
+        return self._token_bytes
+
+    def _compute_token_bytes(self) -> "np.ndarray":  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def apply_chat_template(self, *args, **kwargs):
         raise NotImplementedError(f"{self.name}: the study's tokenizers have no chat template")
 
@@ -180,6 +197,27 @@ class HFTokenizer(MegasynthTokenizer):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def _compute_token_bytes(self) -> "np.ndarray":
+        import numpy as np
+        from tokenizers import decoders
+
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        added = self._tok.get_added_tokens_decoder()  # id -> AddedToken
+        byte_level = isinstance(self._tok.decoder, decoders.ByteLevel)
+        u2b = {c: b for b, c in _bytes_to_unicode().items()}
+        for tok, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if i >= out.size:
+                continue
+            if i in added:
+                out[i] = 0 if added[i].special else len(added[i].content.encode("utf-8"))
+            elif byte_level and all(c in u2b for c in tok):
+                out[i] = len(tok)  # one alphabet character per byte
+            elif len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+                out[i] = 1  # sentencepiece byte fallback
+            else:
+                out[i] = len(tok.replace("\u2581", " ").encode("utf-8"))
+        return out
 
     def save(self, out_dir: str | os.PathLike) -> None:
         out_dir = Path(out_dir)
@@ -251,6 +289,13 @@ class TiktokenTokenizer(MegasynthTokenizer):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._enc.decode([int(i) for i in ids])
+
+    def _compute_token_bytes(self) -> "np.ndarray":
+        import numpy as np
+
+        specials = set(self.special_tokens.values())
+        return np.array([0 if i in specials else len(self._enc.decode_single_token_bytes(i))
+                         for i in range(self._n_vocab)], dtype=np.int64)
 
     def save(self, out_dir: str | os.PathLike) -> None:
         out_dir = Path(out_dir)

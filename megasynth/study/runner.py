@@ -63,11 +63,11 @@ def record_invocation(layout: StudyLayout, cfg: StudyConfig | RunConfig, command
     return path
 
 
-def run_stage(name: str, cfg: StudyConfig, layout: StudyLayout, alone: bool = True, **kwargs) -> float:
+def run_stage(name: str, cfg: StudyConfig, layout: StudyLayout, alone: bool = True, **options) -> float:
     """Run stage ``name`` unless it is complete; return seconds (also appended to ``timings.json``).
 
     ``alone``: first run the cheap stages it requires (``auto``, e.g. ``corpora`` before ``generate``).
-    ``kwargs`` go to the stage's run function (``generate``: ``rank``, ``world_size``).
+    ``options``: keyword arguments of the stage's run function (``generate``: ``rank``, ``world_size``; ``megasynth evaluate --run ID``: ``run_ids``).
 
     Raises:
         MegasynthError: from the stage, or its completion check (finished outputs of other settings).
@@ -78,14 +78,14 @@ def run_stage(name: str, cfg: StudyConfig, layout: StudyLayout, alone: bool = Tr
         for req in stage.requires:
             if STAGE[req].auto:
                 _run_unless_done(STAGE[req], cfg, layout)
-    _run_unless_done(stage, cfg, layout, **kwargs)
+    _run_unless_done(stage, cfg, layout, **options)
     elapsed = time.monotonic() - t0
     _record_timing(layout, name, elapsed)
     logger.info("== stage %s done in %.1fs ==", name, elapsed)
     return elapsed
 
 
-def _run_unless_done(stage: Stage, cfg: StudyConfig, layout: StudyLayout, **kwargs) -> None:
+def _run_unless_done(stage: Stage, cfg: StudyConfig, layout: StudyLayout, **options) -> None:
     reason = stage.skip_if(cfg) if stage.skip_if else None
     if reason:
         logger.info("== stage %s: skipping (%s) ==", stage.name, reason)
@@ -93,7 +93,7 @@ def _run_unless_done(stage: Stage, cfg: StudyConfig, layout: StudyLayout, **kwar
         logger.info("== stage %s: complete, skipping (%s) ==", stage.name, stage.done_when)
     else:
         logger.info("== stage %s ==", stage.name)
-        stage.run_fn()(cfg, layout, **kwargs)
+        stage.run_fn()(cfg, layout, **options)
 
 
 def run_study(cfg: StudyConfig, layout: Optional[StudyLayout] = None,

@@ -4,13 +4,21 @@ A study without a ``sweep:`` section plans one run per mixture, ``run_id = mixtu
 ``model``, ``train``, ``tokenizer`` and eval sets; a sweep plans its grid (:mod:`megasynth.study.sweep`).
 Everything downstream (the ``train`` stage, ``launch``, the sweep executors, ``evaluate``) takes the planned
 list, and ``runs/<run_id>/run.yaml`` records each one.
+The recursive loop (``collapse``) plans its runs ``collapse-g<k>`` here too (:func:`plan_collapse_runs`); the
+``collapse`` stage trains them (:mod:`megasynth.study.collapse`) and the ``evaluate`` stage collects them with the
+others.
 """
 
 from __future__ import annotations
 
-from megasynth.config import RunConfig, StudyConfig
+import copy
+import logging
+
+from megasynth.config import MixtureConfig, RunConfig, StudyConfig
 from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError
+
+logger = logging.getLogger("megasynth.study")
 
 
 def plan_runs(cfg: StudyConfig) -> list[RunConfig]:
@@ -64,15 +72,69 @@ def train_runs(cfg: StudyConfig, layout: StudyLayout) -> None:
     run_train(plan_runs(cfg), layout)
 
 
-def evaluate_runs(cfg: StudyConfig, layout: StudyLayout) -> None:
-    """The ``evaluate`` stage: :func:`megasynth.analysis.run_evaluate` over :func:`plan_runs`."""
+def plan_collapse_runs(cfg: StudyConfig) -> list[RunConfig]:
+    """The runs of the recursive loop, ``collapse-g1`` … ``collapse-g<generations>`` (none when it is off).
+
+    Run ``collapse-g<k>`` trains on source ``collapse-g<k>`` (generation ``k``'s synthetic data) with
+    ``collapse.natural_share`` of the base mixture's sources, with the study's model, train, tokenizer and
+    evaluation settings.
+    """
+    c = cfg.collapse
+    if not c.generations:
+        return []
+    base = cfg.mixture(c.base_mixture)
+    runs = []
+    for k in range(1, c.generations + 1):
+        name = c.name(k)
+        sources = {name: 1.0 - c.natural_share}
+        if c.natural_share > 0:
+            total = sum(base.sources.values())
+            sources.update({s: c.natural_share * r / total for s, r in base.sources.items() if r > 0})
+        run = RunConfig(run_id=name, mixture=MixtureConfig(name, sources), model=copy.deepcopy(cfg.model),
+                        train=copy.deepcopy(cfg.train), tokenizer=copy.deepcopy(cfg.tokenizer),
+                        eval_sets=list(cfg.eval_sets), evaluation=cfg.evaluation.for_run())
+        run.validate()
+        runs.append(run)
+    return runs
+
+
+def study_runs(cfg: StudyConfig) -> list[RunConfig]:
+    """Every run of the study: :func:`plan_runs`, then :func:`plan_collapse_runs`."""
+    return plan_runs(cfg) + plan_collapse_runs(cfg)
+
+
+def evaluate_runs(cfg: StudyConfig, layout: StudyLayout, run_ids: list[str] | None = None) -> None:
+    """The ``evaluate`` stage: the downstream tasks of ``evaluation.tasks`` on the final checkpoint of every
+    finished run (of ``run_ids``, default all; cached per run and checkpoint:
+    :func:`megasynth.evaluation.checkpoints.evaluate_run_checkpoint`), then ``results.csv`` over every finished
+    run (:func:`megasynth.analysis.results.run_evaluate`).
+
+    Raises:
+        MegasynthError: an unknown ``--run``; as the functions named.
+    """
     from megasynth.analysis.results import run_evaluate
 
-    run_evaluate(plan_runs(cfg), layout)
+    runs = study_runs(cfg)
+    chosen = select_runs(runs, run_ids)
+    if cfg.evaluation.tasks:
+        from megasynth.evaluation.checkpoints import evaluate_run_checkpoint
+
+        for run in chosen:
+            if not layout.run(run.run_id).summary.is_file():
+                logger.warning("run %s is not finished: no downstream evaluation", run.run_id)
+                continue
+            evaluate_run_checkpoint(run, layout, cfg.evaluation)
+    run_evaluate(runs, layout)
 
 
 def results_done(cfg: StudyConfig, layout: StudyLayout) -> bool:
-    """Whether ``results.csv`` holds the current evaluations of the planned runs."""
+    """Whether ``results.csv`` holds the current evaluations of every run, and every finished run's final
+    checkpoint has a cached result of each task of ``evaluation.tasks``."""
     from megasynth.analysis.results import results_up_to_date
+    from megasynth.evaluation.checkpoints import missing_tasks
 
-    return results_up_to_date(plan_runs(cfg), layout)
+    runs = study_runs(cfg)
+    if cfg.evaluation.tasks and any(missing_tasks(layout.run(r.run_id), cfg.evaluation) for r in runs
+                                    if layout.run(r.run_id).summary.is_file()):
+        return False
+    return results_up_to_date(runs, layout)

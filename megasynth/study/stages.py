@@ -101,15 +101,31 @@ STAGES: tuple[Stage, ...] = (
           done_when="every planned run's `summary.json` is marked and its `run.yaml` matches the run",
           requires=("mix",), reads="`mixtures/<mix>.json`, `tokenized/` (a WSD branch: its trunk's checkpoint)",
           writes="`runs/<run_id>/{run.yaml, tb/, checkpoints/, metrics.jsonl, evals.jsonl, summary.json}`"),
-    Stage("evaluate", "collect held-out losses of every run into results.csv",
+    Stage("collapse", "the recursive loop: train on natural text, generate with the trained model, train on that "
+          "(collapse.generations rounds)",
+          run="megasynth.study.collapse:run_collapse", done="megasynth.study.collapse:collapse_done",
+          done_when="every `collapse-g<k>` run's `summary.json` is marked and its `run.yaml` matches the run",
+          requires=("train",), reads="`runs/<collapse.base_mixture>/checkpoints/`, `corpora/<generation.source>.jsonl`",
+          writes="`collapse/g<k>/{generator/, synthetic/<style>/}`, `tokenized/collapse-g<k>_text_document.{bin,idx}`, "
+                 "`mixtures/collapse-g<k>.json`, `runs/collapse-g<k>/`",
+          skip_if=lambda cfg: None if cfg.collapse.generations else "collapse.generations: 0"),
+    Stage("evaluate", "evaluate downstream tasks on each run's final checkpoint (evaluation.tasks, --tasks; cached) "
+          "and collect every run's held-out and task metrics into results.csv",
           run="megasynth.study.runs:evaluate_runs", done="megasynth.study.runs:results_done",
-          done_when="the marker's SHA-256 of the finished runs' files is current",
-          requires=("train",), reads="`runs/<run_id>/{summary.json, evals.jsonl}`", writes="`results.csv`"),
-    Stage("report", "fit L(D) = E + B/D^beta per mixture and eval set; write report/report.md and plots",
+          done_when="every finished run's final checkpoint has a cached result of each `evaluation.tasks` task and "
+                    "the marker's SHA-256 of the finished runs' files is current",
+          requires=("train", "collapse"),
+          reads="`runs/<run_id>/{summary.json, evals.jsonl, checkpoints/}`",
+          writes="`runs/<run_id>/downstream/iter_NNNNNNN.json`, `results.csv`"),
+    Stage("report", "fit L(D) = E + B/D^beta per mixture and eval set; downstream, unigram and model-collapse "
+          "sections; write report/report.md and plots",
           run="megasynth.analysis.report:run_report", done="megasynth.analysis.report:report_up_to_date",
-          done_when="the marker's SHA-256 of results, mixtures and report settings is current",
-          requires=("evaluate",), reads="`results.csv`, `mixtures/*.json`",
-          writes="`fits/data_law.json` (+ more fits), `report/report.md`, `report/*.png`"),
+          done_when="the marker's SHA-256 of results, mixtures, tokenized stats, run summaries and report settings "
+                    "is current",
+          requires=("evaluate",),
+          reads="`results.csv`, `mixtures/*.json`, `tokenized/`, `runs/<run_id>/token_losses/`",
+          writes="`fits/data_law.json` (+ more fits, `fits/unigrams.json`, `fits/collapse.json`), `report/report.md`, "
+                 "`report/*.png`"),
 )
 """The stages in the order ``megasynth run`` runs them."""
 

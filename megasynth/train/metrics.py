@@ -7,11 +7,15 @@ Files of ``runs/<run_id>/`` (see docs/CONTRACTS.md; paths from :class:`~megasynt
   ``tokens_per_s`` (training tokens per wall second of the step, all devices), ``step_s``,
   ``tflops_per_device`` (model FLOP/s per device / 1e12), ``mfu`` (fraction of the device's dense
   BF16 peak; ``None`` without a peak), ``peak_mem_gib`` (GPU: ``max_memory_allocated``; CPU: peak RSS).
-- ``evals.jsonl``: one row per (evaluation step, eval set): ``step``, ``consumed_tokens``,
-  ``eval_set``, ``loss`` (mean validation cross-entropy, nats/token).
+- ``evals.jsonl``: one row per (evaluation step, eval set or task, metric): ``step``, ``consumed_tokens``,
+  ``eval_set`` (a held-out set, or a downstream task's name), ``metric`` and ``value``: ``loss`` (mean
+  validation cross-entropy, nats/token) and ``bpb`` (bits per UTF-8 byte) of every held-out set; ``acc``,
+  ``acc_norm``, ``bpb`` of downstream tasks evaluated in the loop (:mod:`megasynth.train.evaluator`). Rows
+  written before the ``metric`` field existed are ``{..., "loss": x}`` and read as metric ``loss``
+  (:func:`megasynth.train.record.eval_row_value`).
 - ``tb/``: TensorBoard events: ``train/loss``, ``train/lr``, ``train/grad_norm``,
   ``train/consumed_tokens``, ``train/tokens_per_s``, ``train/tflops_per_device``, ``train/mfu``,
-  ``train/peak_mem_gib``, ``eval/<eval_set>/loss`` (x-axis: step).
+  ``train/peak_mem_gib``, ``eval/<eval_set>/{loss,bpb}``, ``downstream/<task>/{acc,acc_norm,bpb}`` (x-axis: step).
 
 Model FLOPs per token are :meth:`megasynth.model.presets.LlamaShape.train_flops_per_token`
 (6N + attention, Kaplan et al. 2020), so TFLOP/s per device = flops_per_token · tokens/s / devices / 1e12
@@ -36,6 +40,7 @@ import torch
 
 from megasynth.layout import RunLayout
 from megasynth.model.presets import PEAK_TFLOPS_BF16  # noqa: F401  (re-exported)
+from megasynth.train.record import eval_row_value
 
 logger = logging.getLogger("megasynth.train")
 
@@ -120,7 +125,8 @@ class MetricsLogger:
         self.resumed_train_s = 0.0
         """Training seconds of the steps before ``start_step`` (from the kept rows)."""
         self.last_loss = float("nan")
-        self.last_eval_losses: dict[str, float] = {}
+        self.last_evals: dict[str, dict[str, float]] = {}
+        """``{eval_set or task: {metric: value}}`` of the latest evaluation (restored on resume)."""
         if start_step:
             rows = _truncate_jsonl(self.files.metrics, start_step) if enabled else []
             evals = _truncate_jsonl(self.files.evals, start_step) if enabled else []
@@ -140,14 +146,18 @@ class MetricsLogger:
         state = [None]
         if self.enabled:
             last_eval_step = max((e["step"] for e in evals), default=None)
-            state = [{"loss": rows[-1]["loss"] if rows else float("nan"),
-                      "evals": {e["eval_set"]: e["loss"] for e in evals if e["step"] == last_eval_step},
+            last: dict[str, dict[str, float]] = {}
+            for e in evals:
+                if e["step"] == last_eval_step:
+                    metric, value = eval_row_value(e)
+                    last.setdefault(e["eval_set"], {})[metric] = value
+            state = [{"loss": rows[-1]["loss"] if rows else float("nan"), "evals": last,
                       "train_s": sum(r.get("step_s", 0.0) for r in rows),
                       "tokens": rows[-1]["consumed_tokens"] if rows and all("step_s" in r for r in rows) else 0}]
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast_object_list(state, src=0)
         self.last_loss = state[0]["loss"]
-        self.last_eval_losses = dict(state[0]["evals"])
+        self.last_evals = {k: dict(v) for k, v in state[0]["evals"].items()}
         self.resumed_train_s = state[0]["train_s"]
         if state[0]["tokens"]:  # rates over the whole run, not just this invocation
             self._train_s, self._train_tokens = self.resumed_train_s, state[0]["tokens"]
@@ -186,16 +196,28 @@ class MetricsLogger:
                         " | peak mem %.2f GiB | elapsed %s | ETA %s", self.name, step, self.total_steps, loss, lr, gn,
                         rate, self.tflops_per_device, util, mem, _fmt_duration(elapsed), _fmt_duration(eta))
 
-    def log_eval(self, step: int, consumed_tokens: int, eval_set: str, loss: float) -> None:
-        """Record the validation loss (nats/token) of one eval set at ``step``."""
+    def log_eval(self, step: int, consumed_tokens: int, eval_set: str, values: dict[str, float] | float,
+                 group: str = "eval") -> None:
+        """Record the metrics of one eval set (or task) at ``step``: ``values`` ``{metric: value}`` (a float is
+        ``{"loss": value}``, nats/token). TensorBoard tags ``<group>/<eval_set>/<metric>``."""
+        if not isinstance(values, dict):
+            values = {"loss": float(values)}
+        self.last_evals.setdefault(eval_set, {}).update(values)
         if not self.enabled:
             return
-        row = {"step": step, "consumed_tokens": consumed_tokens, "eval_set": eval_set, "loss": loss}
-        self.last_eval_losses[eval_set] = loss
-        self._evals.write(json.dumps(row) + "\n")
+        for metric, value in values.items():
+            row = {"step": step, "consumed_tokens": consumed_tokens, "eval_set": eval_set, "metric": metric,
+                   "value": value}
+            self._evals.write(json.dumps(row) + "\n")
+            self._tb.add_scalar(f"{group}/{eval_set}/{metric}", value, step)
         self._evals.flush()
-        self._tb.add_scalar(f"eval/{eval_set}/loss", loss, step)
-        logger.info("%s: step %d | eval %s loss %.4f", self.name, step, eval_set, loss)
+        logger.info("%s: step %d | %s %s %s", self.name, step, group, eval_set,
+                    " | ".join(f"{m} {v:.4f}" for m, v in values.items()))
+
+    @property
+    def last_eval_losses(self) -> dict[str, float]:
+        """``{eval_set: loss}`` (nats/token) of the latest evaluation."""
+        return {k: v["loss"] for k, v in self.last_evals.items() if "loss" in v}
 
     @property
     def train_tokens_per_s(self) -> float:

@@ -1,4 +1,5 @@
-"""What a run directory records about its run: ``run.yaml`` (its identity) and completion (torch-free).
+"""What a run directory records about its run: ``run.yaml`` (its identity), completion, and how its
+``evals.jsonl`` rows read (torch-free).
 
 The ``train`` stage's completion check (:mod:`megasynth.study.stages`) and :func:`megasynth.train.train_one`
 both go through :func:`check_run_dir`, so a run whose settings changed is never skipped silently.
@@ -25,3 +26,15 @@ def check_run_dir(run: RunConfig, files: RunLayout) -> bool:
         raise MegasynthError(f"{files.config}: missing in a complete run (written by an older megasynth), so its "
                              f"settings cannot be checked; delete {files.dir} to retrain it")
     return complete
+
+
+def eval_row_value(row: dict) -> tuple[str, float]:
+    """``(metric, value)`` of an ``evals.jsonl`` row; a row without ``metric`` (written before the field existed)
+    is ``("loss", row["loss"])``.
+
+    Raises:
+        KeyError: the row has neither ``metric``/``value`` nor ``loss``.
+    """
+    if "metric" in row:
+        return str(row["metric"]), row["value"]
+    return "loss", row["loss"]

@@ -8,10 +8,12 @@ Following Megatron-LM's ``pretrain_gpt.py`` with megatron-core parts:
    with ``train.data_samples`` samples (default ``train_iters * global_batch_size``; the run reads that many
    from the start, or from its branch point); each eval set (``tokenized/<name>_text_document``)
    → ``eval_iters * micro_batch_size`` fixed samples (the same set at any DP size: each DP rank
-   evaluates ``eval_iters / dp`` micro batches of it).
+   evaluates ``eval_iters / dp`` micro batches of it), or its whole documents with ``eval_iters: all``.
 2. model, optimizer, schedule and steps: :mod:`megasynth.train.step`.
-3. every ``eval_interval`` steps and at the last step: validation loss on every eval set →
-   ``evals.jsonl``; every step → ``metrics.jsonl``; TensorBoard in ``tb/`` (:mod:`megasynth.train.metrics`).
+3. every ``eval_interval`` steps and at the last step: held-out loss and bits per byte of every eval set, and
+   the in-loop downstream tasks → ``evals.jsonl``; at the last step per-token losses → ``token_losses/``
+   (the :class:`~megasynth.train.evaluator.EvaluatorCallback`, a hook of the loop); every step →
+   ``metrics.jsonl``; TensorBoard in ``tb/`` (:mod:`megasynth.train.metrics`).
 4. checkpoints (``dist_checkpointing``: model, optimizer, LR schedule, RNG, consumed samples) every
    ``train.checkpoint.save_interval`` steps, on SIGTERM/SIGUSR1 (``exit_signal_handler``,
    :mod:`megasynth.train.signals`) and at the end; then ``summary.json`` and its marker ``summary.json.done``.
@@ -42,12 +44,13 @@ recorded checkpoints are all unreadable stops with an error (:func:`megasynth.tr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -55,7 +58,8 @@ from megasynth.config import RunConfig
 from megasynth.layout import StudyLayout
 from megasynth.train.record import check_run_dir
 from megasynth.train.signals import StopSignal, TrainingInterrupted
-from megasynth.train.step import eval_step, loader, setup_model_and_optimizer, train_step
+from megasynth.train.evaluator import EvaluatorCallback, check_eval_sets
+from megasynth.train.step import eval_sums, loader, setup_model_and_optimizer, train_step
 from megasynth.utils import MegasynthError, atomic_path, mark_done, read_json, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,10 +151,10 @@ class _Run:
         if self.vpp and self.num_micro % pp:
             raise MegasynthError(f"train.parallel.virtual_pipeline_model_parallel_size: the interleaved schedule "
                                  f"needs the {self.num_micro} micro batches per step to be a multiple of pp = {pp}")
-        if t.eval_iters % self.dp_size:
+        if not t.eval_documents and t.eval_iters % self.dp_size:
             raise MegasynthError(f"train.eval_iters: must be a multiple of the data-parallel size {self.dp_size}, "
                                  f"got {t.eval_iters}")
-        self.eval_micro = t.eval_iters // self.dp_size
+        self.eval_micro = 0 if t.eval_documents else t.eval_iters // self.dp_size
         if self.vpp and self.eval_micro % pp:
             raise MegasynthError(f"train.eval_iters: the interleaved schedule needs eval_iters / dp to be a multiple "
                                  f"of pp = {pp}, got {t.eval_iters} / {self.dp_size}")
@@ -161,11 +165,11 @@ class _Run:
         # Data (built before the model so a bad prefix fails fast).
         cache = layout.tokenized_cache
         self.train_ds = build_gpt_datasets(blend, None, tokenizer, t.seq_length, t.dataset_samples, t.seed, cache)
-        self.eval_ds = {}
-        n_eval = t.eval_iters * t.micro_batch_size
-        for ev in run.eval_sets:
+        check_eval_sets(run, layout)
+        self.eval_ds = {}  # fixed samples of each eval set (none when evaluations score whole documents)
+        for ev in ([] if t.eval_documents else run.eval_sets):
             self.eval_ds[ev] = build_gpt_datasets(None, str(layout.tokenized_prefix(ev)), tokenizer, t.seq_length,
-                                                  n_eval, t.seed, cache)
+                                                  t.eval_iters * t.micro_batch_size, t.seed, cache)
 
         # Model, optimizer, schedule (initial weights: the same for every run and every layout).
         self.model, self.optimizer, self.scheduler = setup_model_and_optimizer(run.model, t, tokenizer.vocab_size)
@@ -206,15 +210,21 @@ class _Run:
             for c in self.model:
                 c.enable_forward_pre_hook()
 
-    def evaluate(self, dataset) -> float:
-        """Mean validation loss (nats/token) over the ``eval_iters * micro_batch_size`` fixed samples of ``dataset``."""
-        t = self.run.train
-        it = self._iterators(dataset, 0, self.eval_micro, 0)
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Parameters gathered (overlapped all-gather finished) for the block's evaluations."""
         self._sync_params()
         try:
-            return eval_step(self.model, it, self.eval_micro, t.seq_length, t.micro_batch_size)
+            yield
         finally:
             self._resume_hooks()
+
+    def evaluate_sampled(self, dataset, token_bytes: torch.Tensor) -> tuple[float, int, int]:
+        """``(Σ nats, tokens, UTF-8 bytes)`` of the predicted tokens of the ``eval_iters * micro_batch_size``
+        fixed samples of ``dataset`` (:func:`megasynth.train.step.eval_sums`); call inside :meth:`eval_mode`."""
+        t = self.run.train
+        it = self._iterators(dataset, 0, self.eval_micro, 0)
+        return eval_sums(self.model, it, self.eval_micro, t.seq_length, t.micro_batch_size, token_bytes)
 
     def save(self, root: Path, step: int) -> Path:
         """Full checkpoint after ``step`` optimizer steps (collective)."""
@@ -332,7 +342,11 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
         invocation plus the training seconds of steps before a resume), ``synthetic_ratio``; plus
         ``padded_vocab_size``, ``train_iters``, ``final_eval_loss`` (``{eval_set: loss}``), ``parallel``
         (tp/pp/dp/vpp), ``tflops_per_device``, ``mfu`` (None without a peak), ``resumed_from`` (step or None),
-        ``branch_from`` (``{run_id, step}`` or None), ``seed``, ``schedule`` (``cosine`` … ``wsd``).
+        ``branch_from`` (``{run_id, step}`` or None), ``seed``, ``schedule`` (``cosine`` … ``wsd``);
+        from the evaluator: ``final_eval_bpb`` (``{eval_set: bits per byte}``), ``final_downstream``
+        (``{task: {metric: value}}``, in-loop tasks only), ``token_losses`` (``{eval_set: {documents, tokens,
+        bytes, nats_per_token, bits_per_byte, path}}`` of the final document pass) and ``eval_seconds``
+        (``{heldout, token_losses, downstream}``: wall seconds of this invocation's evaluations).
 
     Raises:
         MegasynthError: a changed setting of an existing run (:func:`check_run_dir`), missing
@@ -405,9 +419,14 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     metrics = MetricsLogger(files.dir, name, t.train_iters, t.log_interval, enabled=_rank0(),
                             flops_per_token=state.flops_per_token, num_devices=state.world_size,
                             peak_tflops=peak_tflops(t.peak_tflops), start_step=first)
+    try:
+        callbacks = [EvaluatorCallback(run, layout, tokenizer, state, metrics, rank0=_rank0())]
+    except BaseException:
+        metrics.close()
+        raise
     save_interval, save_steps = t.checkpoint.save_interval, set(t.checkpoint.save_steps)
     stop = StopSignal(enabled=t.checkpoint.exit_signal_handler)
-    loss, eval_losses = metrics.last_loss, metrics.last_eval_losses
+    loss = metrics.last_loss
     saved_at = first if resume or branch is not None else None
     try:
         signum = stop.received() if stop.enabled else None
@@ -425,10 +444,8 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
                                      "(try a lower train.optimizer.lr)")
             consumed = step * state.tokens_per_step
             metrics.log_step(step, loss, lr, grad_norm, consumed, state.tokens_per_step, time.monotonic() - t0)
-            if step % t.eval_interval == 0 or step == t.train_iters:
-                for ev, ds in state.eval_ds.items():
-                    eval_losses[ev] = state.evaluate(ds)
-                    metrics.log_eval(step, consumed, ev, eval_losses[ev])
+            for cb in callbacks:  # evaluation every eval_interval steps and at the last (EvaluatorCallback)
+                cb.post_step(step)
             if ((save_interval and step % save_interval == 0) or step in save_steps) and step != t.train_iters:
                 state.save(ckpt_root, step)
                 saved_at = step
@@ -457,7 +474,7 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
         "train_iters": t.train_iters,
         "train_tokens": t.train_tokens,
         "final_train_loss": loss,
-        "final_eval_loss": eval_losses,
+        "final_eval_loss": metrics.last_eval_losses,
         "tokens_per_s": round(metrics.train_tokens_per_s, 1),
         "tflops_per_device": round(metrics.tflops_per_device, 4),
         "mfu": None if metrics.mfu is None else round(metrics.mfu, 4),
@@ -469,6 +486,8 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
         "seed": t.seed,
         "schedule": run.schedule,
     }
+    for cb in callbacks:
+        summary.update(cb.summary())
     if _rank0():
         write_json(files.summary, summary)
         mark_done(files.summary)

@@ -9,7 +9,8 @@
   to ``min_lr`` at ``train_iters``).
 - :func:`train_step`: ``get_forward_backward_func()`` over ``global_batch_size / (micro_batch_size · dp)``
   micro batches (gradient accumulation), then the optimizer and the scheduler.
-- :func:`eval_step`: the same schedule, forward only.
+- :func:`eval_step`: the same schedule, forward only; :func:`eval_sums` also counts the UTF-8 bytes of the
+  predicted tokens (for bits per byte).
 
 Loss: mean token cross-entropy in nats over the tokens of the step (``loss_mask`` excludes padding).
 Megatron tensors are sequence-first internally; the model takes ``tokens [b, s]`` and returns per-token
@@ -65,6 +66,42 @@ def _forward_step(data_iterator, model):
     batch = _to_device(next(data_iterator))
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     return output, partial(_loss_func, batch["loss_mask"])
+
+
+def _eval_loss_func(loss_mask: torch.Tensor, byte_counts: torch.Tensor, output_tensor: torch.Tensor):
+    """:func:`_loss_func` plus the UTF-8 bytes of the predicted tokens: the report is ``[Σ nats, tokens, bytes]``
+    (float64; ``byte_counts [b, s]`` = bytes of each label token)."""
+    loss, num_tokens, _ = _loss_func(loss_mask, output_tensor)
+    nbytes = torch.sum(byte_counts.reshape(-1).double() * loss_mask.reshape(-1).double())
+    report = torch.stack([loss.detach().double(), num_tokens.detach().double(), nbytes])
+    return loss, num_tokens, {"eval sums": report}
+
+
+def _eval_forward_step(token_bytes: torch.Tensor, data_iterator, model):
+    """:func:`_forward_step` for :func:`eval_sums`: ``token_bytes [V]`` gives the bytes of each label."""
+    batch = _to_device(next(data_iterator))
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    byte_counts = token_bytes.to(batch["labels"].device)[batch["labels"]]
+    return output, partial(_eval_loss_func, batch["loss_mask"], byte_counts)
+
+
+def _reduce_sums(outputs: list, key: str, width: int) -> torch.Tensor:
+    """Sum the schedule's ``{key: [width]}`` reports over micro batches and data-parallel ranks, in float64,
+    known on every rank (the reports exist only on the last pipeline stage; broadcast over the pipeline)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    last = ps.is_pipeline_last_stage(ignore_virtual=True)
+    total = (torch.stack([o[key] for o in outputs]).sum(0).double() if (last and outputs)
+             else torch.zeros(width, dtype=torch.float64))
+    if torch.cuda.is_available():
+        total = total.cuda()
+    if last and ps.get_data_parallel_world_size() > 1:
+        dist.all_reduce(total, group=ps.get_data_parallel_group())
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
+                       group=ps.get_pipeline_model_parallel_group())
+    return total.cpu()
 
 
 def _reduce_loss(outputs: list) -> float:
@@ -237,3 +274,34 @@ def eval_step(model, data_iterator, num_microbatches: int, seq_length: int, micr
         for c in chunks:
             c.train()
     return _reduce_loss(outputs)
+
+
+@torch.no_grad()
+def eval_sums(model, data_iterator, num_microbatches: int, seq_length: int, micro_batch_size: int,
+              token_bytes: torch.Tensor) -> tuple[float, int, int]:
+    """``(Σ nats, tokens, UTF-8 bytes)`` of the predicted tokens of ``num_microbatches`` micro batches, forward
+    only, summed over data-parallel ranks and known on every rank.
+
+    ``token_bytes [V]``: the UTF-8 bytes each id stands for (:meth:`MegasynthTokenizer.token_bytes`, 0 for
+    ``eod``); a sample's bytes are those of its label tokens under the loss mask, so
+    ``Σ nats / (ln 2 · bytes)`` is the bits per byte of exactly the text the sampled tokens spell.
+    ``model`` and ``data_iterator`` as in :func:`train_step`.
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megasynth.model import cpu_compat
+
+    chunks = _as_list(model)
+    for c in chunks:
+        c.eval()
+    try:
+        with cpu_compat.cpu_device_mode():
+            outputs = get_forward_backward_func()(
+                forward_step_func=partial(_eval_forward_step, token_bytes), data_iterator=data_iterator,
+                model=chunks, num_microbatches=num_microbatches, seq_length=seq_length,
+                micro_batch_size=micro_batch_size, forward_only=True)
+    finally:
+        for c in chunks:
+            c.train()
+    nats, tokens, nbytes = _reduce_sums(outputs, "eval sums", 3).tolist()
+    return nats, int(round(tokens)), int(round(nbytes))
