@@ -6,7 +6,7 @@ invocations/<UTC time>-<command>.yaml   argv, overrides and resolved config of e
 timings.json                       wall seconds of each stage, per invocation
 corpora/<name>.jsonl               natural corpora and eval sets (id, text, source)
 synthetic/<source>/shard-NNNNN.jsonl + manifest.json      generated records (styles and synthllm)
-synthetic/synthllm/{scores,concepts}/shard-NNNNN.jsonl, graph/, combinations.jsonl
+synthetic/synthllm/{scores,concepts}/shard-NNNNN.jsonl, graph/, combinations.jsonl, decontamination/
 tokenizer/tokenizer.json           trained/exported tokenizer (HF format)
 tokenized/<name>_text_document.{bin,idx} + <name>.stats.json, tokenized/cache/ (megatron-core indices)
 mixtures/<mix>.json                blend weights (prefixes relative to the study root), shares, epochs
@@ -126,6 +126,10 @@ class StudyLayout:
     @property
     def synthllm_combinations(self) -> Path:
         return self.synthetic_dir("synthllm") / "combinations.jsonl"
+
+    def synthllm_eval_docs(self, task: str) -> Path:
+        """``synthetic/synthllm/decontamination/<task>.jsonl``: a math benchmark's problems + solutions (``text``)."""
+        return self.synthetic_dir("synthllm") / "decontamination" / f"{task}.jsonl"
 
     # ------------------------------------------------------------------ tokenization and mixtures
     @property
