@@ -58,13 +58,15 @@ def test_stage_packages_never_import_the_top_floor():
 
 
 def test_base_floor_imports_no_stage_and_no_top():
-    """``config/`` reads two torch-free catalogs of a higher floor to validate names: the preset table of
-    ``model/presets.py`` (``model.preset``) and the prompt families of ``generate/prompts.py``
-    (``generation.prompts``); nothing else."""
+    """``config/`` reads torch-free catalogs of a higher floor to validate names: the preset table of
+    ``model/presets.py`` (``model.preset``), the prompt families of ``generate/prompts.py``
+    (``generation.prompts``) and the math tasks of ``evaluation/math.py`` (``generation.synthllm.decontaminate``);
+    nothing else."""
     files = [PKG / "layout.py", PKG / "utils.py", *sorted((PKG / "config").glob("*.py"))]
     forbidden = TOP + tuple(f"megasynth.{p}" for p in STAGE_PACKAGES)
     allowed = {"megasynth.model.presets", "megasynth.model.presets.PRESETS", "megasynth.generate.prompts",
-               "megasynth.generate.prompts.prompt_spec"}
+               "megasynth.generate.prompts.prompt_spec", "megasynth.evaluation.math",
+               "megasynth.evaluation.math.MATH_TASKS"}
     got = [v for v in _violations(files, forbidden) if v.rsplit(" ", 1)[1] not in allowed]
     assert got == []
 

@@ -135,8 +135,14 @@ def _sources(cfg: "StudyConfig", layout: "StudyLayout") -> list[tuple[str, str, 
     return out
 
 
-def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer) -> bool:
-    """Whether source ``name`` is tokenized (marker and stats); raise if it was with another tokenizer."""
+def _qa_format(cfg: "StudyConfig", name: str) -> str | None:
+    """The question–answer prompt format of source ``name`` (``synthllm``: loss on answers only), else ``None``."""
+    return cfg.generation.synthllm.qa_prompt_format if name == "synthllm" else None
+
+
+def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer, qa_format: str | None = None) -> bool:
+    """Whether source ``name`` is tokenized (marker and stats); raise if it was with another tokenizer (or, for a
+    question–answer source, another ``qa_format``)."""
     prefix, stats_path = layout.tokenized_prefix(name), layout.tokenized_stats(name)
     if not (is_done(prefix) and stats_path.exists()):
         return False
@@ -145,6 +151,11 @@ def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer) 
         raise MegasynthError(
             f"{stats_path}: tokenized with {old.get('tokenizer')} but tokenizer is now {tokenizer.name}; "
             f"delete {prefix.parent} (or use a new study_dir) to re-tokenize")
+    if qa_format is not None and old.get("prompt_format") != qa_format:
+        raise MegasynthError(
+            f"generation.synthllm.qa_prompt_format: {qa_format!r}, but {stats_path} was tokenized "
+            f"{'as ' + repr(old['prompt_format']) + ' question-answer pairs' if old.get('prompt_format') else 'as plain text'}; "
+            f"delete {prefix}.* and {stats_path} to re-tokenize")
     return True
 
 
@@ -160,14 +171,16 @@ def preprocess_done(cfg: "StudyConfig", layout: "StudyLayout") -> bool:
     if not all(is_done(layout.tokenized_prefix(n)) and layout.tokenized_stats(n).exists() for n in names):
         return False
     tokenizer = load_tokenizer(cfg.tokenizer, layout)
-    return all(_tokenized(layout, n, tokenizer) for n in names)
+    return all(_tokenized(layout, n, tokenizer, _qa_format(cfg, n)) for n in names)
 
 
 def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     """The ``preprocess`` stage: tokenizer, then ``tokenized/<name>_text_document.{bin,idx}`` per source.
 
     Sources: natural corpora (``corpora/<name>.jsonl``), synthetic styles (all
-    ``synthetic/<style>/shard-*.jsonl``, sorted; none if ``generation.enabled`` is false), eval sets.
+    ``synthetic/<style>/shard-*.jsonl``, sorted; none if ``generation.enabled`` is false), eval sets. The
+    ``synthllm`` source is question–answer data: :func:`megasynth.data.qa.preprocess_qa_jsonl` in
+    ``generation.synthllm.qa_prompt_format``, with the ``_loss_mask`` companion (loss on answers only).
     Writes ``tokenized/<name>.stats.json`` (see :func:`preprocess_jsonl`, plus ``source``, ``kind``)
     and a completion marker on the prefix; complete sources are skipped on rerun.
 
@@ -180,12 +193,17 @@ def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     for name, kind, paths in _sources(cfg, layout):
         prefix = layout.tokenized_prefix(name)
         stats_path = layout.tokenized_stats(name)
-        if _tokenized(layout, name, tokenizer):
+        if _tokenized(layout, name, tokenizer, _qa_format(cfg, name)):
             logger.info("tokenized %s: complete, skipping", name)
             continue
         for p in paths:
             if not p.is_file():
                 raise MegasynthError(f"{p}: input of source {name!r} not found (run the earlier stages first)")
-        stats = preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name)
+        if _qa_format(cfg, name):  # question-answer records: the loss on answer tokens only (megasynth.data.qa)
+            from megasynth.data.qa import preprocess_qa_jsonl
+
+            stats = preprocess_qa_jsonl(paths, prefix, tokenizer, prompt_format=_qa_format(cfg, name))
+        else:
+            stats = preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name)
         write_json(stats_path, {"source": name, "kind": kind, **stats})
         mark_done(prefix, {"tokens": stats["tokens"], "documents": stats["documents"]})

@@ -373,3 +373,40 @@ def evaluate_math(model_dir: str | Path, tasks: Sequence[str], *, limit: Optiona
         logger.info("math eval %s%s: %s %.4f over %d", r["task"], "" if r["level"] is None else f" level {r['level']}",
                     r["metric"], r["value"], r["n"])
     return rows
+
+
+# ------------------------------------------------------------------------------------------ command line
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="math_eval", description="Generative MATH-500 / GSM8K error rates of a local "
+                                "HF model with vLLM (few-shot, greedy, math-verify); prints one JSON row per line.")
+    p.add_argument("--hf-model", required=True, help="local HF model directory (e.g. tools/convert_checkpoint.py export)")
+    p.add_argument("--tasks", nargs="+", default=list(MATH_TASKS), help=f"of: {', '.join(MATH_TASKS)}")
+    p.add_argument("--limit", type=int, default=None, help="first N problems per task (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens (default: the task's)")
+    p.add_argument("--max-model-len", type=int, default=4096, help="vLLM max_model_len (tokens)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--samples", default=None, help="write every sample to this JSONL file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tools/math_eval.py``; returns the exit status (2 on bad input)."""
+    from megasynth.utils import cli_error, setup_logging
+
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        for i, t in enumerate(args.tasks):
+            math_task(t, f"--tasks[{i}]")
+        if not Path(args.hf_model).is_dir():
+            raise MegasynthError(f"--hf-model: model directory not found: {args.hf_model}")
+        rows = evaluate_math(args.hf_model, args.tasks, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                             max_model_len=args.max_model_len, dtype=args.dtype, samples_path=args.samples,
+                             where="--tasks")
+    except MegasynthError as e:
+        return cli_error(e, "math_eval")
+    for r in rows:
+        print(json.dumps(r))
+    return 0
