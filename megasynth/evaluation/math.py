@@ -310,7 +310,7 @@ def evaluate_math(model_dir: str | Path, tasks: Sequence[str], *, limit: Optiona
         tasks: names in :data:`MATH_TASKS`.
         limit: the first ``limit`` problems of each task (``None``: all; 500 MATH, 1,319 GSM8K).
         max_new_tokens: cap on generated tokens per problem (default the task's ``max_gen_toks``); also capped
-            to fit ``max_model_len``.
+            to fit ``max_model_len`` (itself capped at the model's ``max_position_embeddings``).
         engine: a started :class:`~megasynth.generate.backends.offline.VllmEngine` (or any backend with its
             interface) for ``model_dir``; ``None`` starts one (and shuts it down after).
         samples_path: write every sample (task, id, level, answer, gold, correct, output) as JSONL here (atomic).
@@ -340,8 +340,12 @@ def evaluate_math(model_dir: str | Path, tasks: Sequence[str], *, limit: Optiona
     if own:
         from megasynth.generate.backends import make_engine
 
-        engine = make_engine(model_dir, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                             seed=seed)
+        try:  # vLLM refuses a max_model_len beyond the model's positions
+            positions = json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings")
+        except (OSError, ValueError):
+            positions = None
+        engine = make_engine(model_dir, dtype=dtype, max_model_len=min(max_model_len, positions or max_model_len),
+                             max_num_seqs=max_num_seqs, seed=seed)
     try:
         requests = []
         for p in problems:
