@@ -9,7 +9,7 @@ plan/<corpus>.offsets.npy          byte offset of every document of a generation
 synthetic/<source>/shard-NNNNN.jsonl + manifest.json      generated records (<style>[@<generator>], synthllm)
 synthetic/<source>/partial-NNNNN.jsonl                    records of a shard being generated (append-only)
 synthetic/<source>/rejected/shard-NNNNN.jsonl, plan.json  filtered outputs with their reason; the source's plan
-synthetic/synthllm/{scores,concepts}/shard-NNNNN.jsonl, graph/, combinations.jsonl
+synthetic/synthllm/{scores,concepts}/shard-NNNNN.jsonl, graph/, combinations.jsonl, decontamination/
 engines/<host>-<pid>.json          /dev/shm segments a running vLLM engine made (removed after a crash)
 decontaminated/<source>.jsonl      training sources without documents that overlap an eval set
 decontamination.json               per source and eval set: documents checked, removed, example n-grams
@@ -203,6 +203,10 @@ class StudyLayout:
     @property
     def synthllm_combinations(self) -> Path:
         return self.synthetic_dir("synthllm") / "combinations.jsonl"
+
+    def synthllm_eval_docs(self, task: str) -> Path:
+        """``synthetic/synthllm/decontamination/<task>.jsonl``: a math benchmark's problems + solutions (``text``)."""
+        return self.synthetic_dir("synthllm") / "decontamination" / f"{task}.jsonl"
 
     # ------------------------------------------------------------------ tokenization and mixtures
     @property

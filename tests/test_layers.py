@@ -58,14 +58,16 @@ def test_stage_packages_never_import_the_top_floor():
 
 
 def test_base_floor_imports_no_stage_and_no_top():
-    """``config/`` reads three torch-free catalogs of a higher floor to validate names: the preset table of
+    """``config/`` reads torch-free catalogs of a higher floor to validate names: the preset table of
     ``model/presets.py`` (``model.preset``), the prompt families of ``generate/prompts.py``
-    (``generation.prompts``) and the task names of ``evaluation/catalog.py`` (``evaluation.tasks``); nothing else."""
+    (``generation.prompts``), the task names of ``evaluation/catalog.py`` (``evaluation.tasks``) and the math
+    tasks of ``evaluation/math.py`` (``generation.synthllm.decontaminate``); nothing else."""
     files = [PKG / "layout.py", PKG / "utils.py", *sorted((PKG / "config").glob("*.py"))]
     forbidden = TOP + tuple(f"megasynth.{p}" for p in STAGE_PACKAGES)
     allowed = {"megasynth.model.presets", "megasynth.model.presets.PRESETS", "megasynth.generate.prompts",
                "megasynth.generate.prompts.prompt_spec", "megasynth.evaluation.catalog",
-               "megasynth.evaluation.catalog.resolve_task"}
+               "megasynth.evaluation.catalog.resolve_task", "megasynth.evaluation.math",
+               "megasynth.evaluation.math.MATH_TASKS"}
     got = [v for v in _violations(files, forbidden) if v.rsplit(" ", 1)[1] not in allowed]
     assert got == []
 

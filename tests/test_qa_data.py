@@ -158,3 +158,68 @@ def test_record_without_answer_names_file_and_line(bpe, tmp_path):
     with pytest.raises(MegasynthError, match=r"empty\.jsonl:1: record has no answer"):
         preprocess_qa_jsonl([src], tmp_path / "empty", bpe)
     assert not list(tmp_path.glob("bad*.bin")) and not list(tmp_path.glob(".bad*"))  # nothing half-written
+
+
+def test_synthllm_source_is_question_answer_data_in_the_study(tmp_path):
+    """The preprocess stage tokenizes the ``synthllm`` source as QA (mask companion, answers only) in
+    ``generation.synthllm.qa_prompt_format``; the mix stage blends it alone or with natural text; a record
+    without an answer is ``file:line``; a changed format is refused naming the field."""
+    from megasynth.config import StudyConfig
+    from megasynth.corpora import run_corpora
+    from megasynth.data.datasets import build_gpt_datasets
+    from megasynth.data.mixtures import run_mix
+    from megasynth.data.preprocess import preprocess_done, run_preprocess
+    from megasynth.data.qa import loss_mask_prefix
+    from megasynth.data.tokenizer import load_tokenizer
+    from megasynth.layout import StudyLayout
+    from megasynth.utils import mark_done, write_json
+
+    _write_jsonl(tmp_path / "toy.jsonl", [{"id": f"d{i}", "text": " ".join(PROSE[i:] + PROSE[:i]) * 2}
+                                          for i in range(len(PROSE))])
+    data = {"name": "qa", "study_dir": str(tmp_path / "study"),
+            "corpora": {"train": [{"name": "toy", "loader": "jsonl", "path": str(tmp_path / "toy.jsonl")}]},
+            "generation": {"styles": [], "synthllm": {"enabled": True}},
+            "tokenizer": {"type": "bpe", "vocab_size": 400},
+            "mixtures": [{"name": "qa100", "sources": {"synthllm": 1.0}},
+                         {"name": "qa30", "sources": {"synthllm": 0.3, "toy": 0.7}}],
+            "model": {"preset": "llama3-micro"},
+            "train": {"seq_length": SEQ, "micro_batch_size": 2, "global_batch_size": 4, "train_iters": 10,
+                      "optimizer": {"lr_warmup_iters": 1}}}
+    cfg = StudyConfig.from_dict(data)
+    layout = StudyLayout.of(cfg.study_dir)
+    run_corpora(cfg, layout)
+    d = layout.synthetic_dir("synthllm")
+    d.mkdir(parents=True)
+    recs = [{"id": f"synthllm-{i}", "text": f"Question: {r['question']}\n\nAnswer: {r['answer']}", "level": 1 + i % 3,
+             "question": r["question"], "answer": r["answer"]} for i, r in enumerate(QA * 3)]
+    _write_jsonl(d / "shard-00000.jsonl", recs)
+    write_json(d / "manifest.json", {"style": "synthllm"})
+    mark_done(d / "manifest.json")
+    run_preprocess(cfg, layout)
+    prefix = layout.tokenized_prefix("synthllm")
+    stats = json.loads(layout.tokenized_stats("synthllm").read_text())
+    assert stats["kind"] == "synthetic" and stats["prompt_format"] == "plain" and stats["documents"] == len(recs)
+    assert 0 < stats["loss_tokens"] < stats["tokens"] and Path(f"{loss_mask_prefix(prefix)}.idx").is_file()
+    assert preprocess_done(cfg, layout)
+    run_mix(cfg, layout)
+    tok = load_tokenizer(cfg.tokenizer, layout)
+    only = build_gpt_datasets(None, str(prefix), tok, SEQ, 20, 1, tmp_path / "cache")
+    assert max(float(only[i]["loss_mask"].mean()) for i in range(20)) < 1.0  # answers only
+    mix = json.loads((layout.root / "mixtures" / "qa30.json").read_text())
+    assert mix["realised_share"]["synthllm"] == pytest.approx(0.3, abs=0.05)
+
+    # another prompt format than the tokenized one: refused, naming the field
+    chat = StudyConfig.from_dict({**data, "generation": {"styles": [], "synthllm": {"enabled": True,
+                                                                                    "qa_prompt_format": "chat"}}})
+    with pytest.raises(MegasynthError, match=r"^generation\.synthllm\.qa_prompt_format: 'chat', but .*synthllm\.stats"
+                                             r"\.json was tokenized as 'plain'"):
+        preprocess_done(chat, layout)
+    # a record without an answer (e.g. generation.synthllm.answer_max_tokens: 0): file:line
+    _write_jsonl(d / "shard-00001.jsonl", [{**recs[0], "answer": None}])
+    for p in layout.root.glob("tokenized/synthllm*"):
+        p.unlink()
+    with pytest.raises(MegasynthError, match=r"shard-00001\.jsonl:1: record has no answer"):
+        run_preprocess(cfg, layout)
+    with pytest.raises(MegasynthError, match=r"^generation\.synthllm\.qa_prompt_format: must be"):
+        StudyConfig.from_dict({**data, "generation": {"styles": [], "synthllm": {"enabled": True,
+                                                                                 "qa_prompt_format": "auto"}}})

@@ -20,12 +20,13 @@ import pytest
 import yaml
 
 from megasynth.config import StudyConfig
-from megasynth.generate.synthllm.concepts import (EMPTY, MALFORMED, OK, extraction_schema, normalize_concept,
-                                                  parse_concepts)
+from megasynth.generate.synthllm.concepts import (EMPTY, MALFORMED, OK, extraction_schema, merge_concepts,
+                                                  normalize_concept, parse_concepts)
 from megasynth.generate.synthllm.graph import GraphBuilder, build_graph, graph_stats, load_graph, save_graph
 from megasynth.generate.synthllm.quality import LevelAccumulator, distinct_n, level_report, pairwise_jaccard
 from megasynth.generate.synthllm.sampling import Level3Sampler, sample_combinations, sample_level1, sample_level2
 from megasynth.generate.synthllm.scoring import parse_score, prefilter_reason
+from megasynth.generate.synthllm.trim import trim_answer, trim_question
 from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, is_done, marker_path
 
@@ -197,6 +198,81 @@ def test_parser_survives_malformed_outputs_and_counts_them():
     assert len(parse_concepts(many, max_concepts=5).concepts) == 5
     schema = extraction_schema(4, 12)
     assert schema["properties"]["concepts"]["maxItems"] == 4 and "{0,11}" in schema["properties"]["concepts"]["items"]["pattern"]
+    import re
+
+    pattern = re.compile(extraction_schema(6, 48, max_words=3)["properties"]["concepts"]["items"]["pattern"])
+    assert all(pattern.match(t) for t in ("inflation", "tax cut", "Newton's third law", "cold-war era"))
+    assert not any(pattern.match(t) for t in ("the united states military forces are fully able", "", " tax",
+                                              "tax  cut", "a" * 21))
+    # terms over the word limit (from an unconstrained output) are dropped and listed
+    p = parse_concepts('{"topics": ["Defense"], "concepts": ["the united states military forces are fully able", '
+                       '"The Armed Forces", "tax cuts"]}', 10, max_words=4, max_chars=48)
+    assert p.concepts == ["defense", "armed force", "tax cut"]
+    assert p.too_long == ["united states military forces are fully able"]
+
+
+def test_merge_concepts_joins_near_identical_terms_only():
+    df = {"tax cut": 3, "cutting taxes": 1, "tax cuts": 1, "war": 5, "civil war": 2, "world war": 1,
+          "foreign policy": 2, "energy policy": 1, "united states": 4, "united nations": 1, "economy": 2,
+          "economic growth": 1}
+    rep = merge_concepts(df, 0.5)
+    assert rep["cutting taxes"] == rep["tax cuts"] == "tax cut"  # same stems, other inflection / order
+    assert rep["civil war"] == rep["world war"] == "war"  # a two-word term into the one-word term it contains
+    for c in ("foreign policy", "energy policy", "united states", "united nations", "economy", "economic growth"):
+        assert rep[c] == c  # J = 1/3 or no shared stem: apart
+    exact = merge_concepts(df, 1.0)
+    assert exact["cutting taxes"] == "tax cut" and exact["civil war"] == "civil war"
+    assert merge_concepts(dict(reversed(list(df.items()))), 0.5) == rep  # no dependence on input order
+    # no chaining: "reform" does not join "tax" through "tax reform"
+    chain = merge_concepts({"tax": 3, "reform": 2, "tax reform": 1}, 0.5)
+    assert chain == {"tax": "tax", "reform": "reform", "tax reform": "tax"}
+    # documents that share no concept exactly are joined after merging: level 3 finds combinations
+    docs = {"d1": ["tax cut", "budget deficit", "inflation"], "d2": ["cutting taxes", "war", "army"],
+            "d3": ["civil war", "slavery", "union"], "d4": ["slavery", "tax cuts", "railroad"]}
+    before = graph_stats(build_graph(docs.items()))
+    assert before["shared_concepts"]["count"] == 1  # only "slavery"
+    rep = merge_concepts({c: sum(c in cs for cs in docs.values()) for cs in docs.values() for c in cs})
+    G = build_graph((d, [rep[c] for c in cs]) for d, cs in docs.items())
+    st = graph_stats(G)
+    assert st["shared_concepts"] == {"count": 3, "share": round(3 / G.number_of_nodes(), 4)}
+    assert st["documents_with_shared_concept"] == {"count": 4, "share": 1.0} and st["components"]["count"] == 1
+    assert Level3Sampler(G, k=3, seed=0).sample(4)
+
+
+def test_trim_questions_and_answers_that_run_on():
+    # shapes seen from Gemma-3-270M: a question with its own answer, a next problem, bold labels
+    assert trim_question("What did the 1946 act change?\n\nAnswer: It created the council.") == \
+        ("What did the 1946 act change?", True)
+    assert trim_question("Question: How do tariffs affect prices? New problem: A farmer ...") == \
+        ("How do tariffs affect prices?", True)
+    assert trim_question("**Question 1:** Why was the bank closed?\n**Solution:** Because") == \
+        ("Why was the bank closed?", True)
+    assert trim_question("Explain how the answer: yes or no, depends on the treaty.") == \
+        ("Explain how the answer: yes or no, depends on the treaty.", False)
+    assert trim_answer("Solution:\nFirst, 3 + 4 = 7.\n\nQuestion 2: What is 8 + 1?") == ("First, 3 + 4 = 7.", True)
+    assert trim_answer("The council was created in 1946.") == ("The council was created in 1946.", False)
+    assert trim_question("Answer: 42") == ("", True)  # nothing but an answer: left empty, filtered as empty
+
+
+def test_records_are_checked_against_math_benchmarks(tmp_path):
+    from megasynth.data.decontaminate import match_eval_sets, words
+    from megasynth.evaluation.math import load_math_task
+    from megasynth.generate.synthllm.steps import math_index
+
+    cfg = StudyConfig.from_dict({"corpora": {"train": [{"name": "toy", "loader": "jsonl", "path": "x"}]},
+                                 "generation": {"synthllm": {"enabled": True}}})
+    assert cfg.generation.synthllm.decontaminate == ["minerva_math_500", "gsm8k"]
+    layout = StudyLayout.of(tmp_path / "s")
+    index = math_index(cfg, layout)
+    assert sum(1 for _ in open(layout.synthllm_eval_docs("minerva_math_500"))) == 500
+    assert sum(1 for _ in open(layout.synthllm_eval_docs("gsm8k"))) == 1319 and is_done(layout.synthllm_eval_docs("gsm8k"))
+    duck = load_math_task("gsm8k", limit=1)[0].problem
+    hits = match_eval_sets(index, f"Question: {duck}\n\nAnswer: 18 dollars.")
+    assert list(hits) == ["gsm8k"] and hits["gsm8k"][0] in " ".join(words(duck))
+    math_sol = load_math_task("minerva_math_500", limit=1)[0].solution
+    assert list(match_eval_sets(index, math_sol)) == ["minerva_math_500"]
+    assert match_eval_sets(index, "Question: How did the tariff of 1828 change trade between the northern and "
+                                  "southern states?\n\nAnswer: It raised the duties on imported goods.") == {}
 
 
 def test_score_parser_and_prefilter():
@@ -235,7 +311,10 @@ def test_config_validation():
     assert StudyConfig.from_dict(base).synthetic_sources == ["hq", "qa", "txbk"]
     for kw, field in (({"k_concepts": 2}, "k_concepts"), ({"samples_per_level": {"4": 1}}, "samples_per_level.4"),
                       ({"score_threshold": 7}, "score_threshold"), ({"num_documents": 0}, "num_documents"),
-                      ({"max_symbol_ratio": 2.0}, "max_symbol_ratio"), ({"answer_model": "/nonexistent"}, "answer_model")):
+                      ({"max_symbol_ratio": 2.0}, "max_symbol_ratio"), ({"answer_model": "/nonexistent"}, "answer_model"),
+                      ({"concept_merge_threshold": 0}, "concept_merge_threshold"),
+                      ({"max_concept_words": 0}, "max_concept_words"),
+                      ({"decontaminate": ["gsm8k", "math"]}, r"decontaminate\[1\]: unknown math task 'math'")):
         with pytest.raises(MegasynthError, match=f"generation.synthllm.{field}"):
             StudyConfig.from_dict(on(**kw))
     mix = {**on(), "mixtures": [{"name": "m", "sources": {"synthllm": 0.5, "toy": 0.5}}]}
@@ -343,8 +422,14 @@ def test_synthllm_end_to_end_real_vllm(generated, engine):
     assert e["ok"] > 0, "no parsable extraction at all"
     # 3. the graph holds exactly the parsed concept lists
     G = load_graph(d / "graph")
-    ok = {r["ref_id"]: r["concepts"] for r in ext if r["status"] == "ok" and r["concepts"]}
+    merges = json.loads((d / "graph" / "merges.json").read_text())
+    ok = {r["ref_id"]: list(dict.fromkeys(merges["merged"].get(c, c) for c in r["concepts"]))
+          for r in ext if r["status"] == "ok" and r["concepts"]}
     assert G.graph["documents"] == ok and m["graph"]["nodes"] == G.number_of_nodes() > 0
+    assert m["graph"]["merge"]["concepts_merged"] == len(merges["merged"]) and merges["threshold"] == 0.5
+    assert m["graph"]["nodes"] == merges["concepts_extracted"] - len(merges["merged"])
+    shared = sum(1 for c in G if G.nodes[c]["df"] >= 2)
+    assert m["concepts_in_2plus_documents"] == {"count": shared, "share": round(shared / G.number_of_nodes(), 4)}
     # 4. records: contract keys + SynthLLM provenance; levels as sampled
     recs = [json.loads(l) for p in sorted(d.glob("shard-*.jsonl")) for l in p.read_text().splitlines()]
     assert len(recs) == m["counts"]["kept"] and m["counts"]["requests"] == sum(
@@ -363,6 +448,13 @@ def test_synthllm_end_to_end_real_vllm(generated, engine):
             assert len(r["reference_ids"]) >= 2
             assert not any(set(r["concepts"]) <= set(ok[x]) for x in ok)
     assert len({r["id"] for r in recs}) == len(recs)
+    l3 = m["level3"]
+    assert l3["requested"] == 3 and l3["sampled"] == m["combinations"]["3"]["sampled"]
+    assert l3["kept"] == sum(r["level"] == 3 for r in recs) and l3["yield"] == round(l3["kept"] / 3, 4)
+    assert set(m["trimmed"]) == {"questions", "answers"}
+    dc = m["decontamination"]  # random strings share no 13-gram with MATH-500 / GSM8K
+    assert dc["tasks"] == ["minerva_math_500", "gsm8k"] and dc["records_removed"] == 0
+    assert dc["records_checked"] == m["counts"]["kept"] and layout.synthllm_eval_docs("gsm8k").is_file()
     lv = m["levels"]["1"]
     assert set(lv) >= {"distinct_n", "pairwise_jaccard_3gram", "concept_coverage", "length_words", "filtered_share"}
     assert 0 < lv["distinct_n"]["1"] <= 1 and 0 < lv["concept_coverage"] <= 1
@@ -391,6 +483,8 @@ def test_mixture_with_synthllm_trains(generated):
     stats = json.loads((root / "tokenized" / "synthllm.stats.json").read_text())
     kept = json.loads((layout.synthetic_dir("synthllm") / "manifest.json").read_text())["counts"]["kept"]
     assert stats["documents"] == kept > 0 and stats["kind"] == "synthetic"
+    assert stats["prompt_format"] == "plain" and 0 < stats["loss_tokens"] < stats["tokens"]  # answers only
+    assert (root / "tokenized" / "synthllm_text_document_loss_mask.idx").is_file()
     mix = json.loads((root / "mixtures" / "syn50.json").read_text())
     assert mix["requested_share"] == pytest.approx({"synthllm": 0.5, "toy": 0.5})
     summary = json.loads((root / "runs" / "syn50" / "summary.json").read_text())

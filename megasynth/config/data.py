@@ -108,8 +108,10 @@ class SynthLLMConfig:
 
     enabled: bool = False
     """Generate the ``synthllm`` source (also needs ``generation.enabled``)."""
-    num_documents: int = 32
-    """Candidate reference documents (documents, one excerpt of ``generation.max_input_tokens`` each)."""
+    num_documents: int = 64
+    """Candidate reference documents (documents, one excerpt of ``generation.max_input_tokens`` each). Level 3
+    needs concepts that several documents share: with a small generator and one corpus, about 30 or more
+    selected documents (measured: 11 gave 11 separate cliques and no level-3 combination)."""
     min_chars: int = 200
     """Prefilter: excerpts shorter than this many characters are rejected."""
     max_chars: int = 20000
@@ -126,7 +128,14 @@ class SynthLLMConfig:
     max_concepts: int = 10
     """At most this many concepts per document (extraction schema ``maxItems``; extra ones dropped)."""
     max_concept_chars: int = 48
-    """Longest concept string in characters (extraction schema pattern)."""
+    """Longest concept string in characters (longer ones are dropped; a word of the schema pattern is at most
+    ``min(20, max_concept_chars)`` characters)."""
+    max_concept_words: int = 4
+    """Words per concept: the extraction prompt asks for terms of 1 to this many words, the JSON schema's pattern
+    allows no more, and longer ones (from unconstrained outputs) are dropped and counted."""
+    concept_merge_threshold: float = 0.5
+    """Concepts whose content-word stem sets have a Jaccard similarity >= this merge into one graph node
+    (:func:`megasynth.generate.synthllm.concepts.merge_concepts`); 1.0 merges only the same stem sets."""
     structured_output: bool = True
     """Use vLLM structured output (JSON schema) for rating and extraction; a tolerant parser reads the text
     either way."""
@@ -153,13 +162,25 @@ class SynthLLMConfig:
     """Local HF model directory of the answer model; ``None`` uses the generator."""
     answer_model_name: Optional[str] = None
     """Answer-model name recorded in provenance; default the directory name."""
+    keep_truncated: bool = False
+    """Keep questions and answers cut at ``question_max_tokens``/``answer_max_tokens`` (filtered and counted as
+    ``truncated``/``answer_truncated`` by default; a question trimmed before an answer block is complete)."""
+    decontaminate: list[str] = field(default_factory=lambda: ["minerva_math_500", "gsm8k"])
+    """Math benchmarks (:data:`megasynth.evaluation.math.MATH_TASKS`) whose problems and solutions are removed
+    from the kept records: a record sharing a 13-word n-gram with one is dropped
+    (:mod:`megasynth.data.decontaminate`); empty = none."""
+    qa_prompt_format: Literal["plain", "chat"] = "plain"
+    """How the preprocess stage tokenizes the ``synthllm`` records for training (loss on answer tokens only,
+    :func:`megasynth.data.qa.preprocess_qa_jsonl`): ``plain`` (``Question: …\nAnswer: …``) or ``chat`` (the chat
+    template of a ``tokenizer.type: huggingface`` directory)."""
     shard_size: Optional[int] = None
     """Records (requests) per shard for scores, concepts and outputs; ``None`` uses ``generation.shard_size``."""
 
     def validate(self, where: str = "generation.synthllm") -> None:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""
         s, w = self, where
-        for fname in ("num_documents", "max_chars", "max_concepts", "max_concept_chars", "k_concepts",
+        for fname in ("num_documents", "max_chars", "max_concepts", "max_concept_chars", "max_concept_words",
+                      "k_concepts",
                       "walk_max_steps", "walk_max_attempts", "reference_tokens", "question_max_tokens",
                       "score_max_tokens", "extract_max_tokens"):
             if getattr(s, fname) <= 0:
@@ -189,6 +210,16 @@ class SynthLLMConfig:
             raise MegasynthError(f"{w}.k_concepts: must be >= 2 for level 2")
         if s.answer_model is not None and not Path(s.answer_model).is_dir():
             raise MegasynthError(f"{w}.answer_model: model directory not found: {s.answer_model}")
+        if not 0 < s.concept_merge_threshold <= 1:
+            raise MegasynthError(f"{w}.concept_merge_threshold: must be in (0, 1], got {s.concept_merge_threshold}")
+        if s.qa_prompt_format not in ("plain", "chat"):
+            raise MegasynthError(f"{w}.qa_prompt_format: must be plain or chat, got {s.qa_prompt_format!r}")
+        from megasynth.evaluation.math import MATH_TASKS  # torch-free
+
+        for i, name in enumerate(s.decontaminate):
+            if name not in MATH_TASKS:
+                raise MegasynthError(f"{w}.decontaminate[{i}]: unknown math task {name!r} "
+                                     f"(known: {', '.join(MATH_TASKS)})")
 
 
 @dataclass

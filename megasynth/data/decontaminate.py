@@ -201,6 +201,26 @@ def build_eval_index(eval_jsonls: Mapping[str, str | os.PathLike], n: int = DEFA
     return EvalIndex(names, keys, owners, sorted(lengths, reverse=True), n, min_n, info)
 
 
+def match_eval_sets(index: EvalIndex, text: str, cache: dict[str, int] | None = None) -> dict[str, list[str]]:
+    """The eval sets ``text`` shares an n-gram with, each with up to :data:`NUM_EXAMPLES` shared n-grams; ``{}``
+    when clean. One document at a time, in memory (for records checked as they are generated); the
+    ``max_matches`` rule of :func:`decontaminate` (which needs the whole source) is not applied.
+    ``cache``: word-hash memo to reuse across calls."""
+    ws = words(text)
+    wh = _word_hashes(ws, {} if cache is None else cache)
+    found: dict[str, list[str]] = {}
+    for length in index.lengths:
+        h = ngram_hashes(wh, length)
+        for p in np.flatnonzero(index.lookup(h)):
+            owners = int(index.owner_of(h[p:p + 1])[0])
+            for j, name in enumerate(index.names):
+                if owners >> j & 1:
+                    ex = found.setdefault(name, [])
+                    if len(ex) < NUM_EXAMPLES:
+                        ex.append(" ".join(ws[p:p + length]))
+    return found
+
+
 # ---------------------------------------------------------------------------------------- pass 1 (workers)
 _W: dict = {}  # per-process state: index, source path
 

@@ -134,6 +134,11 @@ def _sources(cfg: "StudyConfig", layout: "StudyLayout") -> list[tuple[str, str, 
     return out
 
 
+def _qa_format(cfg: "StudyConfig", name: str) -> str | None:
+    """The question–answer prompt format of source ``name`` (``synthllm``: loss on answers only), else ``None``."""
+    return cfg.generation.synthllm.qa_prompt_format if name == "synthllm" else None
+
+
 def _inputs_id(paths: list[Path]) -> list:
     """Size and mtime of each input file (a changed input re-tokenizes its source)."""
     out = []
@@ -146,9 +151,10 @@ def _inputs_id(paths: list[Path]) -> list:
     return out
 
 
-def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer, paths: list[Path] | None = None) -> bool:
+def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer, paths: list[Path] | None = None,
+               qa_format: str | None = None) -> bool:
     """Whether source ``name`` is tokenized (marker and stats) from ``paths`` as they are now (when given); raise if
-    it was with another tokenizer."""
+    it was with another tokenizer (or, for a question–answer source, another ``qa_format``)."""
     prefix, stats_path = layout.tokenized_prefix(name), layout.tokenized_stats(name)
     if not (is_done(prefix) and stats_path.exists()):
         return False
@@ -157,6 +163,11 @@ def _tokenized(layout: "StudyLayout", name: str, tokenizer: MegasynthTokenizer, 
         raise MegasynthError(
             f"{stats_path}: tokenized with {old.get('tokenizer')} but tokenizer is now {tokenizer.name}; "
             f"delete {prefix.parent} (or use a new study_dir) to re-tokenize")
+    if qa_format is not None and old.get("prompt_format") != qa_format:
+        raise MegasynthError(
+            f"generation.synthllm.qa_prompt_format: {qa_format!r}, but {stats_path} was tokenized "
+            f"{'as ' + repr(old['prompt_format']) + ' question-answer pairs' if old.get('prompt_format') else 'as plain text'}; "
+            f"delete {prefix}.* and {stats_path} to re-tokenize")
     if paths is not None and old.get("inputs_id") != _inputs_id(paths):
         return False
     return True
@@ -178,7 +189,7 @@ def preprocess_done(cfg: "StudyConfig", layout: "StudyLayout") -> bool:
         sources = _sources(cfg, layout)
     except MegasynthError:  # a synthetic source not generated
         return False
-    return all(_tokenized(layout, n, tokenizer, paths) for n, _, paths in sources)
+    return all(_tokenized(layout, n, tokenizer, paths, _qa_format(cfg, n)) for n, _, paths in sources)
 
 
 def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
@@ -186,7 +197,10 @@ def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
 
     Sources: natural corpora (``corpora/<name>.jsonl``), synthetic sources (the shards their manifest lists;
     none if ``generation.enabled`` is false), both as ``decontaminated/<name>.jsonl`` when the study
-    decontaminates, and eval sets. Writes ``tokenized/<name>.stats.json`` (see :func:`preprocess_jsonl`, plus
+    decontaminates, and eval sets. The
+    ``synthllm`` source is question–answer data: :func:`megasynth.data.qa.preprocess_qa_jsonl` in
+    ``generation.synthllm.qa_prompt_format``, with the ``_loss_mask`` companion (loss on answers only).
+    Writes ``tokenized/<name>.stats.json`` (see :func:`preprocess_jsonl`, plus
     ``source``, ``kind``, ``inputs_id``: size and mtime of each input) and a completion marker on the prefix;
     complete sources whose inputs are unchanged are skipped on rerun.
 
@@ -203,30 +217,37 @@ def run_preprocess(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     tokenizer = ensure_tokenizer(cfg, layout)
     logger.info("tokenizer %s: vocab_size %d, eod %d", tokenizer.name, tokenizer.vocab_size, tokenizer.eod)
     for name, kind, paths in sources:
-        tokenize_source(layout, name, kind, paths, tokenizer)
+        tokenize_source(layout, name, kind, paths, tokenizer, qa_format=_qa_format(cfg, name))
 
 
 def tokenize_source(layout: "StudyLayout", name: str, kind: str, paths: list[Path],
-                    tokenizer: MegasynthTokenizer) -> dict:
+                    tokenizer: MegasynthTokenizer, *, qa_format: str | None = None) -> dict:
     """Tokenize source ``name`` (JSONL ``paths``) into ``tokenized/<name>_text_document`` with its stats file and
     marker, unless it is complete from ``paths`` as they are now; return its stats (``tokenized/<name>.stats.json``:
     ``source``, ``kind`` (``natural``/``synthetic``/``eval``), :func:`preprocess_jsonl`'s, ``inputs_id``).
+    ``qa_format``: the records are question–answer pairs tokenized in that prompt format with a loss mask
+    (:func:`megasynth.data.qa.preprocess_qa_jsonl`; loss on answer tokens only).
 
     Raises:
-        MegasynthError: a missing input, malformed JSONL, a complete source tokenized with another tokenizer.
+        MegasynthError: a missing input, malformed JSONL, a complete source tokenized with another tokenizer
+            or ``qa_format``.
     """
     prefix = layout.tokenized_prefix(name)
     stats_path = layout.tokenized_stats(name)
-    if _tokenized(layout, name, tokenizer, paths):
+    if _tokenized(layout, name, tokenizer, paths, qa_format):
         logger.info("tokenized %s: complete, skipping", name)
         return read_json(stats_path)
     for p in paths:
         if not p.is_file():
             raise MegasynthError(f"{p}: input of source {name!r} not found (run the earlier stages first)")
     inputs_id = _inputs_id(paths)
-    stats = {"source": name, "kind": kind,
-             **preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name),
-             "inputs_id": inputs_id}
+    if qa_format:  # question-answer records: the loss on answer tokens only (megasynth.data.qa)
+        from megasynth.data.qa import preprocess_qa_jsonl
+
+        produced = preprocess_qa_jsonl(paths, prefix, tokenizer, prompt_format=qa_format)
+    else:
+        produced = preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name)
+    stats = {"source": name, "kind": kind, **produced, "inputs_id": inputs_id}
     write_json(stats_path, stats)
     mark_done(prefix, {"tokens": stats["tokens"], "documents": stats["documents"]})
     return stats

@@ -89,7 +89,7 @@ def preprocess_qa_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str |
 
     Returns:
         Stats: ``documents`` (records), ``tokens`` (incl. EOD), ``loss_tokens`` (answer tokens + EOD),
-        ``prompt_format`` (the one used), ``tokenizer``, ``vocab_size``, ``dtype``, ``inputs``.
+        ``prompt_format`` (the one used), ``tokenizer``, ``tokenizer_sha``, ``vocab_size``, ``dtype``, ``inputs``.
 
     Files are written under temporary names and renamed when complete: the mask first, the token
     ``.idx`` last, so a prefix whose ``.idx`` exists has its mask.
@@ -159,8 +159,9 @@ def preprocess_qa_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str |
             for ext in (".bin", ".idx"):
                 Path(f"{p}{ext}").unlink(missing_ok=True)
     progress.close()
-    stats.update(prompt_format=used, tokenizer=tokenizer.name, vocab_size=tokenizer.vocab_size, dtype=dtype.name,
-                 inputs=[str(p) for p in paths])
+    stats.update(prompt_format=used, tokenizer=tokenizer.name,
+                 tokenizer_sha=getattr(tokenizer, "unique_identifiers", {}).get("sha"), vocab_size=tokenizer.vocab_size,
+                 dtype=dtype.name, inputs=[str(p) for p in paths])
     logger.info("tokenized QA %s: %d records, %d tokens (%d with loss), %s format -> %s", out.name,
                 stats["documents"], stats["tokens"], stats["loss_tokens"], used, out)
     return stats

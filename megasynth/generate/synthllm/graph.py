@@ -170,10 +170,15 @@ def _summary(values: list[float]) -> dict:
 def graph_stats(G) -> dict:
     """Statistics: documents, nodes, edges, density, degree / weighted degree / edge weight / df summaries
     (min, mean, median, p90, max), degree histogram in power-of-two bins (``"0"``, ``"1"``, ``"2-3"``,
-    ``"4-7"`` …), connected components (count, largest size, largest share, isolated nodes)."""
+    ``"4-7"`` …), connected components (count, largest size, largest share, isolated nodes), and how well
+    concepts join documents: ``shared_concepts`` (concepts in >= 2 documents: ``count``, ``share`` of all
+    concepts) and ``documents_with_shared_concept`` (documents holding such a concept: ``count``, ``share``)."""
     import networkx as nx
 
     n, m = G.number_of_nodes(), G.number_of_edges()
+    shared = [c for c, df in G.nodes(data="df") if (df or 0) >= 2]
+    docs = G.graph.get("documents", {})
+    joined = {d for c in shared for d in G.nodes[c].get("docs", ())}
     degrees = [d for _, d in G.degree()]
     hist: dict[str, int] = {}
     for d in degrees:
@@ -197,12 +202,15 @@ def graph_stats(G) -> dict:
         "components": {"count": len(comps), "largest": max(comps, default=0),
                        "largest_share": round(max(comps, default=0) / n, 4) if n else 0.0,
                        "isolated": sum(1 for d in degrees if d == 0)},
+        "shared_concepts": {"count": len(shared), "share": round(len(shared) / n, 4) if n else 0.0},
+        "documents_with_shared_concept": {"count": len(joined),
+                                          "share": round(len(joined) / len(docs), 4) if docs else 0.0},
     }
 
 
-def save_graph(G, out_dir: str | Path) -> dict:
+def save_graph(G, out_dir: str | Path, info: dict | None = None) -> dict:
     """Write the graph files and ``stats.json`` into ``out_dir`` (atomically, marker on ``stats.json``);
-    return the stats."""
+    return the stats. ``info`` (e.g. how concepts were merged) is added to the stats and the marker."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "documents.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -214,9 +222,9 @@ def save_graph(G, out_dir: str | Path) -> dict:
     with atomic_path(out / "edges.tsv") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for u, v, w in G.edges(data="weight"):
             f.write(f"{u}\t{v}\t{w}\n")
-    stats = graph_stats(G)
+    stats = {**graph_stats(G), **(info or {})}
     write_json(out / STATS_FILE, stats)
-    mark_done(out / STATS_FILE, {"nodes": stats["nodes"], "edges": stats["edges"]})
+    mark_done(out / STATS_FILE, {"nodes": stats["nodes"], "edges": stats["edges"], **(info or {})})
     return stats
 
 

@@ -42,6 +42,9 @@ def write_manifest(cfg, layout: StudyLayout, G, combos, n_doc_shards, n_out, spe
         levels[str(lvl)]["sampled_concept_coverage"] = (round(len(used) / graph_stats["nodes"], 4)
                                                         if graph_stats["nodes"] else None)
     gen_s = timings["generate"]
+    lv3 = out.get("level3_requests", 0)
+    examples = [e for k in range(n_out)
+                for e in read_json(marker_path(layout.synthetic_shard(SOURCE, k))).get("decontamination_examples", [])]
     manifest = {
         "style": SOURCE,
         "generator": spec.provenance or {"name": spec.name, "path": str(spec.path)},
@@ -63,12 +66,28 @@ def write_manifest(cfg, layout: StudyLayout, G, combos, n_doc_shards, n_out, spe
         "extraction": {"documents": ex.get("documents", 0), "ok": ex.get(C.OK, 0),
                        "malformed": ex.get(C.MALFORMED, 0), "empty": ex.get(C.EMPTY, 0),
                        "truncated": ex.get("truncated", 0), "concepts": ex.get("concepts", 0),
+                       "concepts_too_long": ex.get("too_long", 0),
                        "by_method": {m: ex.get(f"method_{m}", 0) for m in ("json", "partial_json", "lines", "none")},
                        "structured_output_requested": s.structured_output,
                        "structured_fallback": bool(timings["score"]["structured_fallback"]
                                                    or timings["extract"]["structured_fallback"])},
         "graph": graph_stats,
+        "concepts_in_2plus_documents": graph_stats.get("shared_concepts", {}),
         "combinations": comb_info,
+        "level3": {"requested": int(s.samples_per_level.get("3", 0)),
+                   "sampled": comb_info.get("3", {}).get("sampled", 0),
+                   "rejected_walks": comb_info.get("3", {}).get("rejected", {}),
+                   "kept": out.get("level3_kept", 0),
+                   "yield": round(out.get("level3_kept", 0) / int(s.samples_per_level["3"]), 4)
+                   if int(s.samples_per_level.get("3", 0)) else None,
+                   "kept_of_sampled": round(out.get("level3_kept", 0) / lv3, 4) if lv3 else None},
+        "trimmed": {"questions": out.get("trimmed_question", 0), "answers": out.get("trimmed_answer", 0)},
+        "decontamination": {"tasks": list(s.decontaminate), "n": 13,
+                            "records_checked": out.get("requests", 0) - sum(
+                                out.get(f"filtered_{r}", 0) for r in FILTER_REASONS if r != "decontaminated"),
+                            "records_removed": out.get("filtered_decontaminated", 0),
+                            "removed_by_task": {t: out.get(f"decontaminated_{t}", 0) for t in s.decontaminate},
+                            "examples": examples[:10]},
         "levels": levels,
         "wall_s": round(wall, 2),
         "generated_tokens_per_s": round(gen_s["output_tokens"] / gen_s["wall_s"], 2) if gen_s["wall_s"] > 0 else None,

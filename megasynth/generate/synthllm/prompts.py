@@ -17,8 +17,8 @@ from __future__ import annotations
 from megasynth.generate.prompts import Prompt, has_chat_template
 from megasynth.utils import MegasynthError
 
-PROMPT_VERSIONS = {"score": "synthllm-score-v1", "extract": "synthllm-extract-v1",
-                   "question": "synthllm-question-v1", "answer": "synthllm-answer-v1"}
+PROMPT_VERSIONS = {"score": "synthllm-score-v1", "extract": "synthllm-extract-v2",
+                   "question": "synthllm-question-v2", "answer": "synthllm-answer-v1"}
 
 _SCORE = (
     "Rate how useful the passage below is for teaching a student something new, on a scale from 1 to 5: "
@@ -27,9 +27,12 @@ _SCORE = (
     'Reply with JSON only, in the form {"score": N}.'
 )
 _EXTRACT = (
-    "Read the passage below and list its main topics (at most 3) and its key concepts (at most {n}): "
-    "short noun phrases of one to four words, such as names of ideas, methods, events, laws or "
-    'technical terms. Reply with JSON only, in the form {{"topics": ["..."], "concepts": ["...", "..."]}}.'
+    "Read the passage below and list its main topics (at most 3) and its key concepts (at most {n}). "
+    "Write each one as a short canonical term of 1 to {w} words, the way it would appear in the index of a "
+    "textbook: a noun or noun phrase in the singular, without articles, opinions or whole sentences, naming an "
+    "idea, method, event, law, institution or technical term. Use the most common general name of each concept, "
+    'so that other passages about the same concept would use the same term. Reply with JSON only, in the form '
+    '{{"topics": ["..."], "concepts": ["...", "..."]}}.'
 )
 _QUESTION = {
     1: ("Using the reference passage below, write one new, self-contained question or problem that tests a "
@@ -42,10 +45,12 @@ _QUESTION = {
         "Write one new, self-contained question or problem that requires connecting all of these concepts "
         "in a single line of reasoning. Do not copy sentences from the excerpts and do not mention them."),
 }
+_QUESTION_ONLY = " Write only the question itself: no answer, no solution, no hints and no second question."
 _ANSWER = ("Answer the question below with a complete, correct solution that explains each step of the "
            "reasoning. The reference excerpts may help.")
 
 BASE_STOP = ["\nPassage:", "\nQuestion:", "\nReference"]
+
 
 
 def _render(instruction: str, body: str, fmt: str, header: str, prefix: str, tokenizer) -> Prompt:
@@ -71,10 +76,11 @@ def score_prompt(document: str, fmt: str, tokenizer=None) -> Prompt:
     return _render(_SCORE, f"Passage:\n{document.strip()}", fmt, "Rating (JSON): ", "", tokenizer)
 
 
-def extract_prompt(document: str, max_concepts: int, fmt: str, tokenizer=None) -> Prompt:
-    """The topic/concept extraction prompt for one excerpt (JSON answer, see :mod:`.concepts`)."""
-    return _render(_EXTRACT.format(n=max_concepts), f"Passage:\n{document.strip()}", fmt, "JSON: ", "",
-                   tokenizer)
+def extract_prompt(document: str, max_concepts: int, fmt: str, tokenizer=None, max_words: int = 4) -> Prompt:
+    """The topic/concept extraction prompt for one excerpt (JSON answer, see :mod:`.concepts`): terms of 1 to
+    ``max_words`` words."""
+    return _render(_EXTRACT.format(n=max_concepts, w=max_words), f"Passage:\n{document.strip()}", fmt, "JSON: ",
+                   "", tokenizer)
 
 
 def question_prompt(level: int, concepts: list[str], excerpts: list[str], fmt: str, tokenizer=None) -> Prompt:
@@ -86,8 +92,8 @@ def question_prompt(level: int, concepts: list[str], excerpts: list[str], fmt: s
     if level not in _QUESTION:
         raise MegasynthError(f"generation.synthllm.samples_per_level: unknown level {level}")
     listed = ", ".join(f'"{c}"' for c in concepts)
-    return _render(_QUESTION[level].format(concepts=listed), _references(excerpts), fmt, "New question:\n",
-                   "", tokenizer)
+    return _render(_QUESTION[level].format(concepts=listed) + _QUESTION_ONLY, _references(excerpts), fmt,
+                   "New question:\n", "", tokenizer)
 
 
 def answer_prompt(question: str, excerpts: list[str], fmt: str, tokenizer=None) -> Prompt:

@@ -140,8 +140,26 @@ def report_section(cfg, layout: StudyLayout) -> list[str]:
           f"Reference documents: {sel.get('selected', 0)} selected of {sel.get('candidates', 0)} candidates; "
           f"extraction: {ext.get('ok', 0)} parsed, {ext.get('malformed', 0)} malformed, {ext.get('empty', 0)} "
           f"empty. Concept graph: {g.get('nodes', 0)} concepts, {g.get('edges', 0)} edges, "
-          f"{g.get('components', {}).get('count', 0)} component(s).", "",
-          "| level | requests | kept | distinct-1 | distinct-2 | distinct-3 | 3-gram Jaccard | concept coverage "
+          f"{g.get('components', {}).get('count', 0)} component(s).", ""]
+    shared, joined, merge = g.get("shared_concepts", {}), g.get("documents_with_shared_concept", {}), g.get("merge", {})
+    l3, tr, dc = m.get("level3", {}), m.get("trimmed", {}), m.get("decontamination", {})
+    filtered = {k: v for k, v in m.get("counts", {}).get("filtered", {}).items() if v}
+    pct = lambda x: "–" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    md += [f"Concepts in >= 2 documents: {shared.get('count', 0)} ({pct(shared.get('share'))}); documents holding "
+           f"one: {joined.get('count', 0)} ({pct(joined.get('share'))}); near-identical concepts merged: "
+           f"{merge.get('concepts_merged', 0)} of {merge.get('concepts_extracted', 0)} (Jaccard of content-word "
+           f"stems >= {merge.get('threshold', '–')}); terms over the word limit dropped: "
+           f"{ext.get('concepts_too_long', 0)}.", "",
+           f"Level 3: {l3.get('kept', 0)} records kept of {l3.get('requested', 0)} requested "
+           f"({l3.get('sampled', 0)} combinations sampled; rejected walks: {l3.get('rejected_walks', {})}).", "",
+           f"Trimmed: {tr.get('questions', 0)} questions that went on into an answer or a next question, "
+           f"{tr.get('answers', 0)} answers that went on into a next problem. Filtered: "
+           f"{', '.join(f'{k} {v}' for k, v in filtered.items()) or 'none'}.", ""]
+    if dc.get("tasks"):
+        md += [f"Decontamination against {', '.join(dc['tasks'])} (problems and solutions, 13-word n-grams): "
+               f"{dc.get('records_removed', 0)} of {dc.get('records_checked', 0)} records removed "
+               f"({', '.join(f'{k}: {v}' for k, v in dc.get('removed_by_task', {}).items())}).", ""]
+    md += ["| level | requests | kept | distinct-1 | distinct-2 | distinct-3 | 3-gram Jaccard | concept coverage "
           "| median words |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda x: "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
     for lvl, r in sorted(m.get("levels", {}).items()):

@@ -4,8 +4,9 @@ Everything lands in ``synthetic/synthllm/`` (``layout.synthetic_dir("synthllm")`
 
     scores/shard-NNNNN.jsonl     every candidate: prefilter reason, rating (1-5) and raw output, selected
     concepts/shard-NNNNN.jsonl   every selected reference: status (ok/malformed/empty), concepts, raw output
-    graph/                       documents.jsonl, nodes.jsonl, edges.tsv, stats.json (+ .done)
+    graph/                       documents.jsonl, nodes.jsonl, edges.tsv, merges.json, stats.json (+ .done)
     combinations.jsonl           sampled concept combinations (level, concepts, reference_ids) (+ .done)
+    decontamination/<task>.jsonl the math benchmarks' problems + solutions the records are checked against
     shard-NNNNN.jsonl            final records (docs/CONTRACTS.md keys + level, concepts, reference_ids …)
     manifest.json                counts, provenance, graph statistics, per-level diversity report (+ .done)
 
@@ -96,7 +97,8 @@ def run_synthllm(cfg, layout: StudyLayout, *, engine_factory: Optional[EngineFac
             clear_done(layout.synthetic_shard(SOURCE, k, "concepts"))
         new_concepts, timings["extract"] = steps.concepts(cfg, layout, excerpts, n_doc_shards, tok, fmt,
                                                           lambda: engines.get(spec))
-        G, rebuilt = steps.graph(layout, n_doc_shards, force=bool(new_concepts))
+        G, rebuilt = steps.graph(layout, n_doc_shards, force=bool(new_concepts),
+                                 merge_threshold=s.concept_merge_threshold)
         combos, resampled = steps.combinations(cfg, layout, G, force=rebuilt)
         n_out = math.ceil(len(combos) / shard_size)
         if resampled:

