@@ -250,14 +250,14 @@ def format_row(r: dict) -> str:
 
 
 def ratio_lines(rows: list[dict]) -> list[str]:
-    """``megatron step time / HF step time`` per preset and precision, for every pair that ran."""
+    """``megatron step time / HF step time`` per preset and precision, for every pair of one invocation that ran."""
     out = []
     for r in rows:
         if "step_s" not in r or not r["variant"].startswith("megatron"):
             continue
         for h in rows:
             if ("step_s" in h and h["variant"].startswith("hf") and h["preset"] == r["preset"]
-                    and h["precision"] == r["precision"]):
+                    and h["precision"] == r["precision"] and h.get("invocation") == r.get("invocation")):
                 out.append(f"{r['preset']} {r['precision']}: {r['variant']} / {h['variant']} step time = "
                            f"{r['step_s'] / h['step_s']:.2f}")
     return out
@@ -332,6 +332,7 @@ def main() -> None:
         metas, rows = earlier["meta"] + metas, earlier["rows"]
 
     def add(row: dict) -> None:
+        row["invocation"] = len(metas) - 1  # index into meta (the rows of one invocation share a setup)
         rows.append(row)
         print(format_row(row), flush=True)
         _write(args, metas, rows)
