@@ -46,6 +46,7 @@ START=$SECONDS
 SUMMARY=$OUT_DIR/summary.txt
 : > "$SUMMARY"
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
 
 remaining() { echo $(( BUDGET - (SECONDS - START) )); }
 
@@ -175,4 +176,3 @@ echo
 echo "== summary ($(( SECONDS - START ))s of ${BUDGET}s)"
 cat "$SUMMARY"
 [[ -f $OUT_DIR/throughput.txt ]] && cat "$OUT_DIR/throughput.txt"
-rm -rf "$WORK"
