@@ -18,6 +18,11 @@ class ModelConfig:
     transformer_impl: Literal["local", "transformer_engine"] = "local"
     """megatron-core layer spec: ``local`` (pure PyTorch, CPU) or ``transformer_engine`` (GPU)."""
     precision: Literal["fp32", "bf16", "fp16", "fp8"] = "fp32"
+    attention_backend: Literal["local", "sdpa"] = "local"
+    """Core attention of the ``local`` spec: ``local`` is megatron-core's ``DotProductAttention`` (Q·Kᵀ scores,
+    softmax and context as separate ops; ``[b, n, s, s]`` tensors kept for backward), ``sdpa`` is PyTorch's
+    ``scaled_dot_product_attention`` (flash attention on GPU; :class:`megasynth.model.attention.SDPAttention`).
+    The Transformer Engine spec picks its own fused attention, so ``sdpa`` needs ``transformer_impl: local``."""
     init_method_std: float = 0.02
     fp8_format: Literal["hybrid", "e4m3"] = "hybrid"
     """FP8 format through Transformer Engine (``hybrid``: E4M3 forward, E5M2 gradients); precision fp8 only."""
@@ -34,6 +39,11 @@ class ModelConfig:
 
         if self.preset not in PRESETS:
             raise MegasynthError(f"{where}.preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        if self.attention_backend not in ("local", "sdpa"):
+            raise MegasynthError(f"{where}.attention_backend: unknown {self.attention_backend!r} (known: local, sdpa)")
+        if self.attention_backend == "sdpa" and self.transformer_impl != "local":
+            raise MegasynthError(f"{where}.attention_backend: sdpa needs {where}.transformer_impl: local "
+                                 "(Transformer Engine chooses its own fused attention)")
         if self.transformer_impl == "local" and self.precision == "fp8":
             raise MegasynthError(f"{where}.precision: fp8 needs {where}.transformer_impl: transformer_engine")
         if self.precision == "fp8" and self.first_last_layers_bf16 and self.fp8_recipe == "delayed":

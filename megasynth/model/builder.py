@@ -8,7 +8,9 @@ Llama-3.1/3.2 RoPE scaling where the preset has it, and a vocabulary padded to a
 (Megatron's ``make_vocab_size_divisible_by``).
 
 Layer specs: ``transformer_impl == "local"`` uses megatron-core's pure-PyTorch
-``get_gpt_layer_local_spec`` (CPU, fp32); ``"transformer_engine"`` uses
+``get_gpt_layer_local_spec`` (CPU or GPU without Transformer Engine; fp32 or bf16), with megatron's
+``DotProductAttention`` or, under ``model.attention_backend: sdpa``, PyTorch's ``scaled_dot_product_attention``
+(:mod:`megasynth.model.attention`) as core attention; ``"transformer_engine"`` uses
 ``get_gpt_layer_with_transformer_engine_spec`` (GPU; bf16, or fp8 with the ``hybrid`` format:
 E4M3 forward, E5M2 backward).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -150,11 +153,26 @@ def _require_te() -> None:
 
 
 def layer_spec(model_cfg: "ModelConfig"):
-    """megatron-core layer spec for ``model_cfg.transformer_impl`` (``local`` or ``transformer_engine``)."""
+    """megatron-core layer spec for ``model_cfg.transformer_impl`` (``local`` or ``transformer_engine``).
+
+    With ``local``, ``model_cfg.attention_backend`` picks the ``core_attention`` submodule: megatron-core's
+    ``DotProductAttention`` (``local``) or :class:`megasynth.model.attention.SDPAttention` (``sdpa``); the rest
+    of the spec (and so every parameter and checkpoint name) is the same.
+    """
     from megatron.core.models.gpt import gpt_layer_specs
 
     if model_cfg.transformer_impl == "local":
-        return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+        spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+        backend = getattr(model_cfg, "attention_backend", "local")
+        if backend == "sdpa":
+            from megasynth.model.attention import SDPAttention
+
+            attn = spec.submodules.self_attention
+            spec = replace(spec, submodules=replace(spec.submodules, self_attention=replace(
+                attn, submodules=replace(attn.submodules, core_attention=SDPAttention))))
+        elif backend != "local":
+            raise MegasynthError(f"model.attention_backend: unknown {backend!r} (known: local, sdpa)")
+        return spec
     if model_cfg.transformer_impl == "transformer_engine":
         _require_te()
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
