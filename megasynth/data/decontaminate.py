@@ -28,7 +28,9 @@ Each word is hashed once (BLAKE2b, 8 bytes); an n-gram's hash is a polynomial of
 (the length mixed in, then the SplitMix64 finaliser), computed for all windows of a document at once with
 numpy. Two distinct n-grams collide with probability about 2^-64 per pair.
 
-Parallelism: the source is read in chunks of lines that worker processes (``fork``) scan in parallel;
+Parallelism: the source is read in chunks of lines that worker processes scan in parallel (``spawn``ed, each
+given the index once: a forked worker of a process that already runs threads, e.g. after an in-process vLLM
+engine, can inherit a held lock and hang);
 results come back in source order. Pass 1 (the workers) finds each document's matched n-grams and writes
 them to a temporary side file; pass 2 (one process, I/O only) applies the ``max_matches`` rule and copies
 the kept lines verbatim to ``out_jsonl`` through :func:`~megasynth.utils.atomic_path`.
@@ -347,7 +349,7 @@ def decontaminate(source_jsonl: str | os.PathLike, eval_jsonls: Mapping[str, str
                 results = map(_scan_chunk, _chunks(source, chunk_bytes))
                 pool = None
             else:
-                pool = multiprocessing.get_context("fork").Pool(workers, _init_worker, (index, str(source)))
+                pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (index, str(source)))
                 results = pool.imap(_scan_chunk, _chunks(source, chunk_bytes))
             try:
                 for n_docs, n_bytes, hits in results:
