@@ -3,8 +3,8 @@
 - ``sweep plan``: the runs of the study's grid with parameters, tokens, steps and FLOPs, totals and device-hours,
   and the epochs of each synthetic source its largest run implies (:func:`megasynth.study.sweep.plan_table`);
   reads no data and trains nothing.
-- ``sweep run``: the data stages once for the whole study (corpora, generate, preprocess, mix: the stage
-  registry, skipping complete ones; in a child process, so the generator's memory is freed before training),
+- ``sweep run``: the data stages once for the whole study (the stages before ``train`` in the stage
+  registry: corpora, generate, decontaminate, preprocess, mix; skipping complete ones; in a child process, so the generator's memory is freed before training),
   the run files of every planned run, every task through the executor
   (complete runs skipped, failed runs recorded in ``runs/<run_id>/error.json`` without stopping the others),
   then ``evaluate`` and ``report`` over the finished runs. Running it again retries only what is not done.
@@ -148,7 +148,12 @@ def _run(args, argv) -> int:
     return 0
 
 
-DATA_STAGES = ("corpora", "generate", "preprocess", "mix")
+def data_stages() -> tuple[str, ...]:
+    """The stages before ``train`` in the registry's order (corpora, generate, decontaminate, preprocess, mix)."""
+    from megasynth.study.stages import STAGES
+
+    names = [s.name for s in STAGES]
+    return tuple(names[:names.index("train")])
 
 
 def _run_data_stages(study: str, overrides: list[str]) -> None:  # in the child process
@@ -160,14 +165,14 @@ def _run_data_stages(study: str, overrides: list[str]) -> None:  # in the child 
     setup_logging()
     try:
         cfg = StudyConfig.from_yaml(study, overrides)
-        for stage in DATA_STAGES:
+        for stage in data_stages():
             run_stage(stage, cfg, StudyLayout.of(cfg.study_dir), alone=False)
     except MegasynthError as e:
         sys.exit(cli_error(e))
 
 
 def _data_stages(study: str, overrides: list[str]) -> None:
-    """Run the data stages (:data:`DATA_STAGES`, skipping complete ones) once for the whole study, in a child
+    """Run the data stages (:func:`data_stages`, skipping complete ones) once for the whole study, in a child
     process, so the memory of the generator (vLLM) is returned before the runs start.
 
     Raises:
