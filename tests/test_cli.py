@@ -106,6 +106,11 @@ SKIP = {  # first words of README commands the test does not run -> why
     "docker": "needs Docker",
     "megasynth sweep run": "trains a whole sweep (an hour on 2 cores; tests/test_sweep.py runs a small one)",
     "launch/slurm_cluster.sh": "installs and starts system daemons (root); tests/test_slurm.py uses the cluster",
+    "PYTHON=.venv/bin/python bash benchmarks/gpu_check_prepare.sh": "downloads wheels and builds the study data "
+                                                                     "the GPU check carries (minutes)",
+    "python benchmarks/gpu_image_env.py": "builds a virtual environment of the GPU image's packages (minutes)",
+    "PYTHON=/tmp/gpu_image/venv/bin/python bash benchmarks/gpu_check.sh": "the GPU check's CPU dry run (minutes; "
+                                                                           "tests/test_gpu.py runs its tests)",
 }
 DRY_RUN = {  # long README commands, checked with --dry-run (resolved config and layout; nothing trained)
     "megasynth run examples/quickstart.yaml --study-dir studies/q2 sweep.budgets.tokens=[51200,102400,204800]":
@@ -142,8 +147,12 @@ def _readme_inputs(sandbox: Path) -> None:
         for D in (1e5, 2e5, 4e5, 8e5, 1.6e6):
             loss = E + 400.0 * D ** -0.5
             for metric, value in (("loss", loss), ("bpb", 0.5 * loss)):
-                rows.append(f"{mixture},{mixture},llama3-tiny,10000000,2000000,{int(D)},{ratio},wiki,{value!r},"
-                            f"{'hq' if ratio else ''},{metric}")
+                row = {"run": f"{mixture}_{int(D)}", "mixture": mixture, "preset": "llama3-tiny", "n_params": 10000000,
+                       "n_params_non_embedding": 2000000, "tokens": int(D), "synthetic_ratio": ratio,
+                       "eval_set": "wiki", "loss": repr(value), "synthetic_sources": "hq" if ratio else "",
+                       "seed": 1, "schedule": "cosine", "schedule_complete": "true", "generator": "",
+                       "metric": metric}  # one complete run per budget point
+                rows.append(",".join(str(row[c]) for c in COLUMNS))
     (sandbox / "results.csv").write_text("\n".join(rows) + "\n")
     (sandbox / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in (
         "The river rises in the northern hills.", "Farmers grow wheat and beans.", "A stone bridge of seven arches.")))

@@ -35,7 +35,8 @@ def _study_dict(root) -> dict:
                   "optimizer": {"lr": 3e-3, "min_lr": 3e-4, "lr_warmup_iters": 2}, "eval_interval": 4,
                   "eval_iters": 2, "log_interval": 4, "seed": 7},
         "evaluation": {"tasks": ["arc_easy"], "limit": 4, "in_loop": True},
-        "report": {"bootstrap": 20},
+        # one cosine run per mixture: its intermediate evaluations are the data-law points here
+        "report": {"bootstrap": 20, "schedule_complete_only": False},
     }
 
 

@@ -179,7 +179,9 @@ def test_launch_dry_run_prints_config_and_layout(tmp_path):
                           "model.preset=llama3-8b", "train.parallel.tensor_model_parallel_size=2",
                           "train.parallel.pipeline_model_parallel_size=2",
                           "train.parallel.virtual_pipeline_model_parallel_size=2",
-                          "train.global_batch_size=64", "train.micro_batch_size=2"],
+                          "train.global_batch_size=64", "train.micro_batch_size=2",
+                          "evaluation.in_loop=false",  # the in-loop task scorer runs at PP = 1 only
+                          "sweep=null"],  # one run per mixture (the quickstart's WSD budgets are too small at 8B)
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     import yaml

@@ -193,7 +193,7 @@ def test_synthllm_source_is_question_answer_data_in_the_study(tmp_path):
     recs = [{"id": f"synthllm-{i}", "text": f"Question: {r['question']}\n\nAnswer: {r['answer']}", "level": 1 + i % 3,
              "question": r["question"], "answer": r["answer"]} for i, r in enumerate(QA * 3)]
     _write_jsonl(d / "shard-00000.jsonl", recs)
-    write_json(d / "manifest.json", {"style": "synthllm"})
+    write_json(d / "manifest.json", {"style": "synthllm", "shards": ["shard-00000.jsonl"]})
     mark_done(d / "manifest.json")
     run_preprocess(cfg, layout)
     prefix = layout.tokenized_prefix("synthllm")
@@ -216,6 +216,8 @@ def test_synthllm_source_is_question_answer_data_in_the_study(tmp_path):
         preprocess_done(chat, layout)
     # a record without an answer (e.g. generation.synthllm.answer_max_tokens: 0): file:line
     _write_jsonl(d / "shard-00001.jsonl", [{**recs[0], "answer": None}])
+    write_json(d / "manifest.json", {"style": "synthllm", "shards": ["shard-00000.jsonl", "shard-00001.jsonl"]})
+    mark_done(d / "manifest.json")
     for p in layout.root.glob("tokenized/synthllm*"):
         p.unlink()
     with pytest.raises(MegasynthError, match=r"shard-00001\.jsonl:1: record has no answer"):
