@@ -13,7 +13,8 @@ one budget point per (preset, mixture, seed, budget), run id ``<preset>_<mixture
   from the trunk's checkpoint after ``T - round(cooldown_fraction · T)`` steps (model, optimizer, RNG and
   consumed samples; ``train.branch_from``) and decays over the rest, reading the trunk's data in the trunk's
   order (``train.data_samples`` = the trunk's sample count). Up to its branch point it *is* the trunk, so a
-  branch costs only its cooldown.
+  branch costs only its cooldown; it also skips the per-token-loss pass (``evaluation.token_losses``: the
+  trunk's, at the largest budget, serve the report's unigram section).
 
 Tasks (:func:`plan_tasks`): the unit an executor schedules, an ordered list of run ids: for ``wsd`` the trunk
 then its branches (smallest budget first); for ``separate`` (and a study without a sweep) one run. A worker runs
@@ -99,6 +100,7 @@ def plan_sweep_runs(cfg: StudyConfig) -> list[RunConfig]:
                     start = run.train.train_iters - run.train.optimizer.lr_wsd_decay_iters
                     run.train.branch_from = BranchConfig(run_id=trunk.run_id, step=start)
                     run.train.data_samples = trunk.train.train_samples
+                    run.evaluation.token_losses = False  # the trunk's (the largest budget) serve the report
                     points.append(start)
                 trunk.train.checkpoint.save_steps = sorted(set(points) | set(trunk.train.checkpoint.save_steps))
                 runs += [trunk, *branches]

@@ -90,7 +90,7 @@ def _resume_key(run: RunConfig, vocab_size: int) -> dict:
 
 BRANCH_FREE = ("run_id", "mixture.name", "eval_sets", "train.train_iters", "train.eval_interval", "train.eval_iters",
                "train.data_samples", "train.branch_from", "train.optimizer.min_lr", "train.optimizer.lr_decay_style",
-               "train.optimizer.lr_wsd_decay_iters", "train.optimizer.lr_wsd_decay_style")
+               "train.optimizer.lr_wsd_decay_iters", "train.optimizer.lr_wsd_decay_style", "evaluation.token_losses")
 """Identity fields in which a branch may differ from the run it starts from: its budget, evaluation and LR
 schedule after the branch point (the schedules up to it must agree step by step: :func:`check_branch`)."""
 
