@@ -112,8 +112,8 @@ def test_generative_eval_end_to_end(exported_dir, tmp_path):
     got = [json.loads(line) for line in samples.read_text().splitlines()]
     assert [s["task"] for s in got] == ["minerva_math_500"] * 3 + ["gsm8k"] * 3
     assert all(0 < s["output_tokens"] <= 12 and isinstance(s["output"], str) for s in got)
-    gold = {p.id: p.answer for t in MATH_TASKS for p in load_math_task(t, limit=3)}
-    assert all(s["gold"] == gold[s["id"]] for s in got)
+    gold = {(t, p.id): p.answer for t in MATH_TASKS for p in load_math_task(t, limit=3)}  # ids repeat across tasks
+    assert all(s["gold"] == gold[(s["task"], s["id"])] for s in got)
     math_rows = [r for r in rows if r["task"] == "minerva_math_500"]
     levels = sorted({s["level"] for s in got if s["task"] == "minerva_math_500"})
     assert [r["level"] for r in math_rows] == [None, *levels] and math_rows[0]["n"] == 3
