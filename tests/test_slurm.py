@@ -332,8 +332,9 @@ def test_sweep_array_requeue_and_time_limit(slurm_runs):
     assert {t: o["done"] for t, o in record["outcome"].items()} == {"B": ["b"], "C": ["c"], "A": ["a1", "a2"]}
     assert {t: o["failed"] for t, o in record["outcome"].items()} == {"B": [], "C": [], "A": ["bad"]}
     error = read_json(layout.run("bad").dir / "error.json")
-    assert error["error"].startswith("megasynth: error: ") and "mixtures/missing.json: mixture not found" in error[
-        "error"] and error["written_by"] == "executor" and error["exit_code"] == 1, error
+    # recorded by the run's launcher (megasynth.study.attempts): the one-line error, exit status 2 (bad input)
+    assert "mixtures/missing.json: mixture not found" in error["error"] and error["written_by"] == "launcher" \
+        and error["exit_code"] == 2, error
     assert not (layout.root / "slurm" / "active.json").exists()
     script = Path(record["script"]).read_text()
     assert "#SBATCH --array=0-2%2" in script and "--gpus" not in script and "#SBATCH --signal=B:USR1@600" in script
