@@ -48,7 +48,8 @@ def _study_file(tmp_path: Path, generator_dir: Path) -> Path:
         "train": {"seq_length": 64, "micro_batch_size": 4, "global_batch_size": 8, "train_iters": TRAIN_ITERS,
                   "optimizer": {"lr_warmup_iters": 2}, "eval_interval": EVAL_INTERVAL, "eval_iters": 2,
                   "log_interval": 4},
-        "report": {"bootstrap": 20},
+        # one cosine run per mixture (no sweep): its evaluations along the way are the data-law points
+        "report": {"bootstrap": 20, "schedule_complete_only": False},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(study))

@@ -335,10 +335,10 @@ def _study_dict(tmp_path, model_dir) -> dict:
             "min_output_words": 1, "keep_truncated": True, "max_repeated_ngram_frac": 1.0,
             "sampling": {"max_tokens": 16, "temperature": 1.0, "seed": 5},
             "synthllm": {"enabled": True, "num_documents": 8, "min_chars": 40, "score_threshold": 1,
-                         "max_concepts": 4, "max_concept_chars": 8, "samples_per_level": {"1": 3, "2": 3, "3": 3},
+                         "max_concepts": 4, "max_concept_chars": 48, "samples_per_level": {"1": 3, "2": 3, "3": 3},
                          "k_concepts": 3, "reference_tokens": 24, "question_max_tokens": 24,
                          "answer_max_tokens": 24, "score_max_tokens": 24, "extract_max_tokens": 160,
-                         "shard_size": 3},
+                         "shard_size": 3, "keep_truncated": True},  # a random model rarely stops by itself
         },
         "tokenizer": {"type": "bpe", "vocab_size": 512},
         "mixtures": [{"name": "natural", "sources": {"toy": 1.0}},
