@@ -213,6 +213,9 @@ class StudyConfig(ConfigFile):
                 if m.name in named and dict(named[m.name].sources) != dict(m.sources):
                     raise MegasynthError(f"sweep.ratios: the grid's mixture {m.name!r} {m.sources} differs from "
                                          f"mixtures: {m.name} {named[m.name].sources}")
+        if self.evaluation.math_tasks:
+            self._check_vllm_servable("evaluation.math_tasks: the evaluate stage samples each final checkpoint "
+                                      "with vLLM")
         if self.collapse.generations:
             base = next((m for m in self.mixtures if m.name == self.collapse.base_mixture), None)
             if base is None:
@@ -224,6 +227,19 @@ class StudyConfig(ConfigFile):
             if self.tokenizer.type == "llama3":
                 raise MegasynthError("collapse.generations: the loop exports each model with an HF tokenizer for "
                                      "vLLM; use tokenizer.type bpe or huggingface")
+
+
+    def _check_vllm_servable(self, why: str) -> None:
+        """Every preset of the study (``model.preset``, ``sweep.presets``) has a head size vLLM serves, and the
+        tokenizer is an HF directory an exported model can carry (``bpe`` or ``huggingface``)."""
+        from megasynth.model.presets import check_vllm_head_dim
+
+        check_vllm_head_dim(self.model.preset, "model.preset", why)
+        for i, p in enumerate(self.sweep.presets if self.sweep is not None else []):
+            check_vllm_head_dim(p, f"sweep.presets[{i}]", why)
+        if self.tokenizer.type == "llama3":
+            raise MegasynthError(f"tokenizer.type: llama3 (tiktoken) is no HF tokenizer directory for vLLM; use bpe or "
+                                 f"huggingface ({why})")
 
 
 def _check_in_loop(evaluation: EvaluationConfig, train: TrainConfig) -> None:

@@ -104,10 +104,11 @@ def study_runs(cfg: StudyConfig) -> list[RunConfig]:
 
 
 def evaluate_runs(cfg: StudyConfig, layout: StudyLayout, run_ids: list[str] | None = None) -> None:
-    """The ``evaluate`` stage: the downstream tasks of ``evaluation.tasks`` on the final checkpoint of every
-    finished run (of ``run_ids``, default all; cached per run and checkpoint:
-    :func:`megasynth.evaluation.checkpoints.evaluate_run_checkpoint`), then ``results.csv`` over every finished
-    run (:func:`megasynth.analysis.results.run_evaluate`).
+    """The ``evaluate`` stage: the downstream tasks of ``evaluation.tasks`` and the generative math tasks of
+    ``evaluation.math_tasks`` on the final checkpoint of every finished run (of ``run_ids``, default all; cached per
+    run and checkpoint: :func:`megasynth.evaluation.checkpoints.evaluate_run_checkpoint`,
+    :func:`~megasynth.evaluation.checkpoints.evaluate_run_math`), then ``results.csv`` over every finished run
+    (:func:`megasynth.analysis.results.run_evaluate`).
 
     Raises:
         MegasynthError: an unknown ``--run``; as the functions named.
@@ -124,17 +125,27 @@ def evaluate_runs(cfg: StudyConfig, layout: StudyLayout, run_ids: list[str] | No
                 logger.warning("run %s is not finished: no downstream evaluation", run.run_id)
                 continue
             evaluate_run_checkpoint(run, layout, cfg.evaluation)
+    if cfg.evaluation.math_tasks:
+        from megasynth.evaluation.checkpoints import evaluate_run_math
+
+        for run in chosen:
+            if not layout.run(run.run_id).summary.is_file():
+                logger.warning("run %s is not finished: no math evaluation", run.run_id)
+                continue
+            evaluate_run_math(run, layout, cfg.evaluation)
     run_evaluate(runs, layout)
 
 
 def results_done(cfg: StudyConfig, layout: StudyLayout) -> bool:
     """Whether ``results.csv`` holds the current evaluations of every run, and every finished run's final
-    checkpoint has a cached result of each task of ``evaluation.tasks``."""
+    checkpoint has a cached result of each task of ``evaluation.tasks`` and ``evaluation.math_tasks``."""
     from megasynth.analysis.results import results_up_to_date
-    from megasynth.evaluation.checkpoints import missing_tasks
+    from megasynth.evaluation.checkpoints import missing_math_tasks, missing_tasks
 
     runs = study_runs(cfg)
-    if cfg.evaluation.tasks and any(missing_tasks(layout.run(r.run_id), cfg.evaluation) for r in runs
-                                    if layout.run(r.run_id).summary.is_file()):
+    finished = [layout.run(r.run_id) for r in runs if layout.run(r.run_id).summary.is_file()]
+    if cfg.evaluation.tasks and any(missing_tasks(f, cfg.evaluation) for f in finished):
+        return False
+    if cfg.evaluation.math_tasks and any(missing_math_tasks(f, cfg.evaluation) for f in finished):
         return False
     return results_up_to_date(runs, layout)
