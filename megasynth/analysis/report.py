@@ -422,6 +422,15 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     md += down_md + uni_md + col_md
     extra_files = extra_files + down_files + uni_files + col_files
 
+    from megasynth.analysis.cpt_laws import cpt_section
+
+    cpt_rows = (complete_rows(all_rows)[0] if cfg.report.schedule_complete_only else all_rows)
+    cpt_md, cpt_files = cpt_section(cpt_rows, layout, plateau_gain=cfg.report.plateau_gain,
+                                    n_bootstrap=fit_opts["n_bootstrap"], ci_level=fit_opts["ci_level"], seed=cfg.seed,
+                                    study=cfg.name, loss=fit_opts["loss"], delta=fit_opts["delta"])
+    md += cpt_md
+    extra_files = extra_files + cpt_files
+
     from megasynth.generate.synthllm.quality import report_section as synthllm_section
 
     md += synthllm_section(cfg, layout)  # SynthLLM diversity per level (empty unless the source is generated)

@@ -32,6 +32,10 @@ class ReportConfig:
     """Fit only the evaluations at the end of a run's schedule (``schedule_complete`` in ``results.csv``): a
     budget point where the LR had not yet decayed overstates the loss of a run of that budget (Hoffmann et al.
     2022 §3; Hägele et al. 2024). ``false``: fit every evaluation."""
+    plateau_gain: float = 0.01
+    """Continued-training section (:mod:`megasynth.analysis.cpt_laws`): the predicted gain per doubling of D (in
+    units of the metric: bits per byte, or error as a fraction) below which a fitted curve counts as on its
+    plateau; the section reports the tokens at which each law gets there."""
 
     def validate(self, where: str = "report") -> None:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""
@@ -41,6 +45,9 @@ class ReportConfig:
             raise MegasynthError(f"{where}.ci_level: must be in (0, 1), got {self.ci_level}")
         if self.huber_delta <= 0:
             raise MegasynthError(f"{where}.huber_delta: must be > 0")
+        if isinstance(self.plateau_gain, bool) or not isinstance(self.plateau_gain, (int, float)) \
+                or not self.plateau_gain > 0:
+            raise MegasynthError(f"{where}.plateau_gain: must be > 0, got {self.plateau_gain!r}")
 
 
 @dataclass
