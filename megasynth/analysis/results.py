@@ -320,8 +320,10 @@ def run_generator(run: RunConfig, layout: StudyLayout) -> str:
     falls back to the part of its name after ``@`` (``hq@llama-8b`` -> ``llama-8b``), else nothing.
     """
     names: list[str] = []
+    from megasynth.config.data import synthllm_level
+
     for src in run.synthetic_sources:
-        path = layout.synthetic_manifest(src)
+        path = layout.synthetic_manifest("synthllm" if synthllm_level(src) else src)
         name = None
         if path.exists():
             try:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from megasynth.config.data import (COLLAPSE_PREFIX, CorporaConfig, DecontaminationConfig, GenerationConfig,
-                                   MixtureConfig, TokenizerConfig)
+from megasynth.config.data import (COLLAPSE_PREFIX, SYNTHLLM_LEVEL_SOURCES, CorporaConfig, DecontaminationConfig,
+                                   GenerationConfig, MixtureConfig, TokenizerConfig)
 from megasynth.config.evaluation import CollapseConfig, EvaluationConfig
 from megasynth.config.loading import ConfigFile, flatten
 from megasynth.config.sweep import NATURAL, SweepConfig
@@ -93,8 +93,10 @@ class StudyConfig(ConfigFile):
         generators; :meth:`GenerationConfig.style_sources`), then ``synthllm`` if enabled."""
         if not self.generation.enabled:
             return []
-        return ([s for s, _, _ in self.generation.style_sources()]
-                + (["synthllm"] if self.generation.synthllm.enabled else []))
+        s = self.generation.synthllm
+        return ([name for name, _, _ in self.generation.style_sources()]
+                + (["synthllm"] if s.enabled else []) + (list(SYNTHLLM_LEVEL_SOURCES) if s.enabled and s.level_sources
+                                                         else []))
 
     @property
     def training_sources(self) -> list[str]:
