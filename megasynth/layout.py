@@ -278,6 +278,11 @@ class StudyLayout:
         """``collapse/g<k>/generator/``: the HF Llama export of generation ``k − 1``'s final checkpoint."""
         return self.collapse(k).root / "generator"
 
+    @property
+    def base_import(self) -> Path:
+        """``base/megatron/``: ``base.hf_model`` imported as a megatron checkpoint (marker ``megatron.done``)."""
+        return self.root / "base" / "megatron"
+
     # ------------------------------------------------------------------ runs and results
     @property
     def runs_dir(self) -> Path:

@@ -35,7 +35,7 @@ import pandas as pd
 
 from megasynth.analysis.results import ResultRow
 from megasynth.layout import StudyLayout
-from megasynth.utils import MegasynthError, write_json
+from megasynth.utils import MegasynthError, read_json, write_json
 
 logger = logging.getLogger("megasynth.analysis")
 

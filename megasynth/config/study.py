@@ -12,8 +12,43 @@ from megasynth.config.data import (COLLAPSE_PREFIX, SYNTHLLM_LEVEL_SOURCES, Corp
 from megasynth.config.evaluation import CollapseConfig, EvaluationConfig
 from megasynth.config.loading import ConfigFile, flatten
 from megasynth.config.sweep import NATURAL, SweepConfig
-from megasynth.config.training import ModelConfig, TrainConfig
+from megasynth.config.training import BASE_INIT, ModelConfig, TrainConfig
 from megasynth.utils import MegasynthError
+
+BASE_RUN_ID = "base"
+"""Run id of a base model trained in the study (``base.mixture``): ``runs/base/``."""
+
+
+@dataclass
+class BaseConfig:
+    """``base``: the pretrained model every run of the study continues from (continued pre-training, SynthLLM's
+    setting: Qin et al. 2025 train Llama-3 checkpoints further on synthetic data). Every planned run (a sweep's
+    WSD trunks; their branches inherit it) starts from its weights with a fresh optimizer and its own LR schedule
+    (``train.init_from`` is set to ``study:base``). Either:
+
+    - ``mixture`` + ``train_iters``: the train stage first trains run ``base`` on that mixture from random init
+      (``model.preset``, the study's ``train`` settings with ``train_iters`` steps; an ordinary run in results);
+    - ``hf_model``: a local Hugging Face Llama directory, imported once by the train stage into
+      ``base/megatron/`` (:func:`megasynth.model.convert.import_hf`; its shapes must be ``model.preset``'s).
+    """
+
+    mixture: Optional[str] = None
+    """A mixture of ``mixtures:`` to train the base model on (natural text)."""
+    train_iters: Optional[int] = None
+    """Steps of the base run (with ``mixture``)."""
+    hf_model: Optional[str] = None
+    """A local HF Llama directory (``config.json``, safetensors); checked when the train stage imports it."""
+
+    def validate(self, where: str = "base") -> None:
+        """Exactly one of ``mixture`` and ``hf_model``; ``train_iters`` >= 1 with ``mixture`` only."""
+        if (self.mixture is None) == (self.hf_model is None):
+            raise MegasynthError(f"{where}: give either mixture (with train_iters) or hf_model")
+        if self.mixture is not None and (isinstance(self.train_iters, bool) or not isinstance(self.train_iters, int)
+                                         or self.train_iters < 1):
+            raise MegasynthError(f"{where}.train_iters: must be an integer >= 1 with {where}.mixture, "
+                                 f"got {self.train_iters!r}")
+        if self.hf_model is not None and self.train_iters is not None:
+            raise MegasynthError(f"{where}.train_iters: only with {where}.mixture (an imported hf_model is not trained)")
 
 
 @dataclass
@@ -77,6 +112,9 @@ class StudyConfig(ConfigFile):
     """The experiment grid (presets × budgets × mixtures × seeds, :mod:`megasynth.config.sweep`); ``None``: one
     run per mixture with the study's ``model`` and ``train``."""
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
+    base: Optional[BaseConfig] = None
+    """The pretrained model every run continues from (:class:`BaseConfig`); ``None``: runs start from random init
+    (or ``train.init_from``)."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -162,13 +200,25 @@ class StudyConfig(ConfigFile):
         seen = {m.name for m in chosen}
         return chosen + [self.mixture(m.name) for m in self.grid_mixtures if m.name not in seen]
 
+    @property
+    def written_mixtures(self) -> list[MixtureConfig]:
+        """The mixtures the ``mix`` stage writes: :attr:`run_mixtures`, and the base run's (``base.mixture``)."""
+        out = self.run_mixtures
+        if self.base is not None and self.base.mixture and self.base.mixture not in {m.name for m in out}:
+            out.append(self.mixture(self.base.mixture))
+        return out
+
     def mixture_train_samples(self, name: str) -> int:
         """The most training samples any run of mixture ``name`` reads (a WSD trunk's, or the largest budget's)."""
+        base = (self.base.train_iters * self.train.global_batch_size
+                if self.base is not None and self.base.mixture == name else 0)
         if self.sweep is None:
-            return self.train.train_samples
-        del name  # every mixture of a sweep runs every preset and budget
-        return max(b.train_iters for p in (self.sweep.presets or [self.model.preset])
-                   for b in self.sweep.budgets.for_preset(p, self.train)) * self.train.global_batch_size
+            return max(self.train.train_samples, base)
+        if self.sweep.ratios or self.sweep.mixtures:
+            if name not in {m.name for m in [*map(self.mixture, self.sweep.mixtures), *self.grid_mixtures]}:
+                return base or self.train.train_samples  # only the base run reads it
+        return max(base, max(b.train_iters for p in (self.sweep.presets or [self.model.preset])
+                             for b in self.sweep.budgets.for_preset(p, self.train)) * self.train.global_batch_size)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -222,6 +272,8 @@ class StudyConfig(ConfigFile):
                 if m.name in named and dict(named[m.name].sources) != dict(m.sources):
                     raise MegasynthError(f"sweep.ratios: the grid's mixture {m.name!r} {m.sources} differs from "
                                          f"mixtures: {m.name} {named[m.name].sources}")
+        if self.base is not None:
+            self._check_base()
         if self.evaluation.math_tasks:
             self._check_vllm_servable("evaluation.math_tasks: the evaluate stage samples each final checkpoint "
                                       "with vLLM")
@@ -237,6 +289,24 @@ class StudyConfig(ConfigFile):
                 raise MegasynthError("collapse.generations: the loop exports each model with an HF tokenizer for "
                                      "vLLM; use tokenizer.type bpe or huggingface")
 
+
+    def _check_base(self) -> None:
+        """``base``: valid, a named mixture, no ``train.init_from`` of its own, one preset (the base's)."""
+        b = self.base
+        b.validate("base")
+        if self.train.init_from is not None:
+            raise MegasynthError("train.init_from: set by the base section (study:base); remove one of them")
+        if b.mixture is not None:
+            if b.mixture not in {m.name for m in self.mixtures}:
+                raise MegasynthError(f"base.mixture: unknown mixture {b.mixture!r} (known: "
+                                     f"{', '.join(m.name for m in self.mixtures)})")
+            if self.train.optimizer.lr_warmup_iters >= b.train_iters:
+                raise MegasynthError(f"base.train_iters: must exceed train.optimizer.lr_warmup_iters "
+                                     f"({self.train.optimizer.lr_warmup_iters})")
+        for i, p in enumerate(self.sweep.presets if self.sweep is not None else []):
+            if p != self.model.preset:
+                raise MegasynthError(f"sweep.presets[{i}]: {p!r}, but every run continues from the base model, a "
+                                     f"{self.model.preset!r} (model.preset)")
 
     def _check_vllm_servable(self, why: str) -> None:
         """Every preset of the study (``model.preset``, ``sweep.presets``) has a head size vLLM serves, and the
