@@ -20,7 +20,7 @@ def _study(root, **over) -> dict:
          "model": {"preset": "llama3-micro"},
          "train": {"seq_length": 64, "micro_batch_size": 4, "global_batch_size": 8, "train_iters": 10,
                    "optimizer": {"lr_warmup_iters": 2}},
-         "base": {"mixture": "natural", "train_iters": 30},
+         "base": {"mixture": "natural", "train_iters": 30, "lr": 0.002},
          "sweep": {"mixtures": ["hq100"], "budgets": {"tokens": [2048, 4096, 8192]}, "schedule": "wsd"}}
     d.update(over)
     return d
@@ -38,6 +38,7 @@ def test_plan_continues_every_run_from_the_base_model(tmp_path):
     assert all(b.train.init_from is None and b.train.branch_from.run_id == trunk.run_id for b in branches)
     [base] = base_runs(cfg)
     assert (base.run_id, base.mixture.name, base.train.train_iters, base.train.init_from) == ("base", "natural", 30, None)
+    assert base.train.optimizer.lr == 0.002 and trunk.train.optimizer.lr == cfg.train.optimizer.lr == 3e-3
     assert [r.run_id for r in study_runs(cfg)][0] == "base"
     # the mix stage writes the base run's mixture too, for its budget
     assert [m.name for m in cfg.written_mixtures] == ["hq100", "natural"] and [m.name for m in cfg.run_mixtures] == ["hq100"]
@@ -51,6 +52,7 @@ def test_plan_continues_every_run_from_the_base_model(tmp_path):
     ({"base": {"mixture": "natural"}}, "base.train_iters: must be an integer >= 1"),
     ({"base": {"mixture": "natural", "train_iters": 5, "hf_model": "/x"}}, "base: give either"),
     ({"base": {"hf_model": "/x", "train_iters": 5}}, "base.train_iters: only with base.mixture"),
+    ({"base": {"hf_model": "/x", "lr": 0.1}}, "base.lr: only with base.mixture"),
     ({"base": {"mixture": "nope", "train_iters": 5}}, "base.mixture: unknown mixture 'nope'"),
     ({"base": {"mixture": "natural", "train_iters": 2}}, "base.train_iters: must exceed"),
     ({"sweep": {"presets": ["llama3-micro", "llama3-tiny"], "budgets": {"tokens": [2048, 4096]}}},

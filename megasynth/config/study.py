@@ -38,6 +38,10 @@ class BaseConfig:
     """Steps of the base run (with ``mixture``)."""
     hf_model: Optional[str] = None
     """A local HF Llama directory (``config.json``, safetensors); checked when the train stage imports it."""
+    lr: Optional[float] = None
+    """Peak LR of the base run (``None``: ``train.optimizer.lr``, which the continued-training runs use)."""
+    min_lr: Optional[float] = None
+    """Final LR of the base run (``None``: ``train.optimizer.min_lr``)."""
 
     def validate(self, where: str = "base") -> None:
         """Exactly one of ``mixture`` and ``hf_model``; ``train_iters`` >= 1 with ``mixture`` only."""
@@ -47,8 +51,13 @@ class BaseConfig:
                                          or self.train_iters < 1):
             raise MegasynthError(f"{where}.train_iters: must be an integer >= 1 with {where}.mixture, "
                                  f"got {self.train_iters!r}")
-        if self.hf_model is not None and self.train_iters is not None:
-            raise MegasynthError(f"{where}.train_iters: only with {where}.mixture (an imported hf_model is not trained)")
+        for f in ("train_iters", "lr", "min_lr"):
+            if self.hf_model is not None and getattr(self, f) is not None:
+                raise MegasynthError(f"{where}.{f}: only with {where}.mixture (an imported hf_model is not trained)")
+        for f in ("lr", "min_lr"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise MegasynthError(f"{where}.{f}: must be a number >= 0, got {v!r}")
 
 
 @dataclass
@@ -316,9 +325,9 @@ class StudyConfig(ConfigFile):
         check_vllm_head_dim(self.model.preset, "model.preset", why)
         for i, p in enumerate(self.sweep.presets if self.sweep is not None else []):
             check_vllm_head_dim(p, f"sweep.presets[{i}]", why)
-        if self.tokenizer.type == "llama3":
+        if self.tokenizer.type == "llama3" and not (self.base is not None and self.base.hf_model):
             raise MegasynthError(f"tokenizer.type: llama3 (tiktoken) is no HF tokenizer directory for vLLM; use bpe or "
-                                 f"huggingface ({why})")
+                                 f"huggingface, or a base.hf_model whose tokenizer files the exports carry ({why})")
 
 
 def _check_in_loop(evaluation: EvaluationConfig, train: TrainConfig) -> None:

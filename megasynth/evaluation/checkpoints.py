@@ -192,17 +192,22 @@ def missing_math_tasks(files: "RunLayout", evaluation: "EvaluationConfig") -> li
 
 
 def hf_tokenizer_dir(run: "RunConfig", layout: "StudyLayout") -> Path:
-    """The HF tokenizer directory an exported model of ``run`` carries: the study's BPE or ``tokenizer.path``.
+    """The HF tokenizer directory an exported model of ``run`` carries: the study's BPE, ``tokenizer.path``, or for
+    ``tokenizer.type: llama3`` the tokenizer files of an imported ``base.hf_model`` (``base/megatron/hf_assets/``:
+    the same Llama-3 vocabulary as HF files).
 
     Raises:
-        MegasynthError: ``tokenizer.type: llama3`` (tiktoken, no HF tokenizer directory for vLLM).
+        MegasynthError: ``tokenizer.type: llama3`` (tiktoken) without an imported base model's tokenizer files.
     """
     if run.tokenizer.type == "bpe":
         return layout.tokenizer_dir
     if run.tokenizer.type == "huggingface" and run.tokenizer.path:
         return Path(run.tokenizer.path)
+    assets = layout.base_import / "hf_assets"
+    if run.tokenizer.type == "llama3" and (assets / "tokenizer.json").is_file():
+        return assets
     raise MegasynthError("tokenizer.type: the math evaluation exports each model with an HF tokenizer for vLLM; "
-                         "use tokenizer.type bpe or huggingface")
+                         "use tokenizer.type bpe or huggingface (or llama3 with a base.hf_model)")
 
 
 def export_final_hf(run: "RunConfig", layout: "StudyLayout", dtype: str = "float32") -> Path:

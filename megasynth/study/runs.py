@@ -44,13 +44,17 @@ def plan_runs(cfg: StudyConfig) -> list[RunConfig]:
 
 
 def base_runs(cfg: StudyConfig) -> list[RunConfig]:
-    """The base model's run ``base`` (``base.mixture``: from random init, ``base.train_iters`` steps, the study's
-    model and train settings otherwise), or ``[]`` (no ``base`` section, or an imported ``base.hf_model``)."""
+    """The base model's run ``base`` (``base.mixture``: from random init, ``base.train_iters`` steps at ``base.lr`` /
+    ``base.min_lr`` when given, the study's model and train settings otherwise), or ``[]`` (no ``base`` section, or an imported ``base.hf_model``)."""
     if cfg.base is None or cfg.base.mixture is None:
         return []
     run = RunConfig.from_study(cfg, cfg.base.mixture, run_id=BASE_RUN_ID)
     run.train.train_iters = cfg.base.train_iters
     run.train.init_from = None
+    if cfg.base.lr is not None:
+        run.train.optimizer.lr = cfg.base.lr
+    if cfg.base.min_lr is not None:
+        run.train.optimizer.min_lr = cfg.base.min_lr
     run.validate()
     return [run]
 
