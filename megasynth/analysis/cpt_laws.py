@@ -50,7 +50,7 @@ GRID_DECADES = 8.0
 def doubling_gain(law: str, params: dict, D: np.ndarray) -> np.ndarray:
     """Predicted gain per doubling ``L(D) − L(2D)`` of a fitted law (``rectified`` or ``data``) at ``D`` tokens."""
     D = np.asarray(D, dtype=np.float64)
-    E, B, beta = params["E"], params["B"], params["beta"]
+    B, beta = params["B"], params["beta"]
     if law == "data":
         return B * D ** (-beta) * (1.0 - 2.0 ** (-beta))
     if law == "rectified":

@@ -12,7 +12,7 @@ from megasynth.config.data import (COLLAPSE_PREFIX, SYNTHLLM_LEVEL_SOURCES, Corp
 from megasynth.config.evaluation import CollapseConfig, EvaluationConfig
 from megasynth.config.loading import ConfigFile, flatten
 from megasynth.config.sweep import NATURAL, SweepConfig
-from megasynth.config.training import BASE_INIT, ModelConfig, TrainConfig
+from megasynth.config.training import ModelConfig, TrainConfig
 from megasynth.utils import MegasynthError
 
 BASE_RUN_ID = "base"
