@@ -84,12 +84,14 @@ class EvaluationConfig:
         if isinstance(self.max_batch_tokens, bool) or not isinstance(self.max_batch_tokens, int) \
                 or self.max_batch_tokens < 1:
             raise MegasynthError(f"{where}.max_batch_tokens: must be an integer >= 1, got {self.max_batch_tokens!r}")
-        from megasynth.evaluation.math import math_task  # torch-free
+        from megasynth.evaluation.math import MATH_TASKS  # torch-free
 
         if not isinstance(self.math_tasks, (list, tuple)):
             raise MegasynthError(f"{where}.math_tasks: must be a list of task names")
         for i, name in enumerate(self.math_tasks):
-            math_task(name, f"{where}.math_tasks[{i}]")
+            if name not in MATH_TASKS:
+                raise MegasynthError(f"{where}.math_tasks[{i}]: unknown math task {name!r} "
+                                     f"(known: {', '.join(sorted(MATH_TASKS))})")
             if name in self.math_tasks[:i]:
                 raise MegasynthError(f"{where}.math_tasks[{i}]: duplicate task {name!r}")
             if name in eval_sets:
