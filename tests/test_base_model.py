@@ -73,3 +73,32 @@ def test_train_init_from_and_base_exclusive_and_base_not_ready(tmp_path):
     assert init_source("/some/ckpt", layout) == "/some/ckpt"
     with pytest.raises(MegasynthError, match=r"^train\.init_from: study:base, but the study's base model is neither"):
         init_source(BASE_INIT, layout)
+
+
+def test_hf_base_is_imported_once_and_resolved(tmp_path, tiny_hf_tokenizer):
+    """``base.hf_model``: the train stage's ``ensure_base`` imports it into ``base/megatron/`` once (marker with the
+    source), runs resolve ``study:base`` to it, and another source directory is refused naming the field."""
+    from conftest import build_tiny_llama_dir
+
+    from megasynth.study.runs import ensure_base, runs_done
+    from megasynth.train.run import init_source
+    from megasynth.utils import is_done, read_json
+
+    hf = build_tiny_llama_dir(tmp_path / "hf", tiny_hf_tokenizer)
+    cfg = StudyConfig.from_dict(_study(tmp_path / "study", base={"hf_model": str(hf)}))
+    layout = StudyLayout.of(cfg.study_dir)
+    assert not runs_done(cfg, layout)
+    ensure_base(cfg, layout)
+    out = layout.base_import
+    assert is_done(out) and (out / "iter_0000000").is_dir() and (out / "hf_assets" / "tokenizer.json").is_file()
+    assert read_json(out.parent / "megatron.done")["hf_model"] == str(hf.resolve())
+    assert init_source(BASE_INIT, layout) == out
+    stamp = (out / "latest_checkpointed_iteration.txt").stat().st_mtime_ns
+    ensure_base(cfg, layout)  # done: not imported again
+    assert (out / "latest_checkpointed_iteration.txt").stat().st_mtime_ns == stamp
+    other = StudyConfig.from_dict(_study(tmp_path / "study", base={"hf_model": str(tmp_path)}))
+    with pytest.raises(MegasynthError, match=r"^base\.hf_model: .* was imported from .*; delete"):
+        ensure_base(other, layout)
+    missing = StudyConfig.from_dict(_study(tmp_path / "study2", base={"hf_model": str(tmp_path / "nope")}))
+    with pytest.raises(MegasynthError, match=r"^base\.hf_model: not a Hugging Face model directory"):
+        ensure_base(missing, StudyLayout.of(missing.study_dir))
