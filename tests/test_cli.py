@@ -157,7 +157,7 @@ def _readme_inputs(sandbox: Path) -> None:
             loss = E + 400.0 * D ** -0.5
             for metric, value in (("loss", loss), ("bpb", 0.5 * loss)):
                 rows.append(f"{mixture},{mixture},llama3-tiny,10000000,2000000,{int(D)},{ratio},wiki,{value!r},"
-                            f"{'hq' if ratio else ''},{metric}")
+                            f"{'hq' if ratio else ''},,,,,{metric}")  # seed, schedule, schedule_complete, generator blank
     (sandbox / "results.csv").write_text("\n".join(rows) + "\n")
     (sandbox / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in (
         "The river rises in the northern hills.", "Farmers grow wheat and beans.", "A stone bridge of seven arches.")))
