@@ -81,6 +81,9 @@ def study_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--tasks", help="comma-separated downstream tasks to evaluate on each finished run's final "
                        "checkpoint (arc_easy,hellaswag,piqa,gsm8k_bpb,...; overrides evaluation.tasks)")
         p.add_argument("--limit", type=int, help="instances per task (overrides evaluation.limit)")
+        p.add_argument("--math-tasks", help="comma-separated generative math tasks (minerva_math_500,gsm8k; "
+                       "overrides evaluation.math_tasks): exported to HF, sampled with vLLM")
+        p.add_argument("--math-limit", type=int, help="problems per math task (overrides evaluation.math_limit)")
         p.add_argument("--run", action="append", help="evaluate the checkpoint of this run id only (repeatable); "
                        "results.csv still covers every finished run")
     return p
@@ -119,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"evaluation.tasks=[{','.join(t.strip() for t in args.tasks.split(',') if t.strip())}]")
             if args.limit is not None:
                 overrides.append(f"evaluation.limit={args.limit}")
+            if args.math_tasks is not None:
+                overrides.append("evaluation.math_tasks=["
+                                 f"{','.join(t.strip() for t in args.math_tasks.split(',') if t.strip())}]")
+            if args.math_limit is not None:
+                overrides.append(f"evaluation.math_limit={args.math_limit}")
             options = {"run_ids": args.run} if args.run else {}
         cfg = StudyConfig.from_yaml(args.study, overrides)
         if command == "serve":

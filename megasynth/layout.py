@@ -115,6 +115,23 @@ class RunLayout:
         """``downstream/iter_NNNNNNN.json``: ``{task: result}`` of the checkpoint after ``step`` steps."""
         return self.downstream_dir / f"iter_{step:07d}.json"
 
+    @property
+    def math_dir(self) -> Path:
+        """``math/``: generative math results of the run's checkpoints (the ``evaluate`` stage's cache)."""
+        return self.dir / "math"
+
+    def math(self, step: int) -> Path:
+        """``math/iter_NNNNNNN.json``: ``{task: error-rate rows}`` of the checkpoint after ``step`` steps."""
+        return self.math_dir / f"iter_{step:07d}.json"
+
+    def math_samples(self, step: int, task: str) -> Path:
+        """``math/iter_NNNNNNN.<task>.samples.jsonl``: every sampled solution of ``task`` (answer, gold, correct)."""
+        return self.math_dir / f"iter_{step:07d}.{task}.samples.jsonl"
+
+    def hf_export(self, step: int) -> Path:
+        """``hf/iter_NNNNNNN/``: the checkpoint after ``step`` steps as a HF Llama directory (marker ``.done``)."""
+        return self.dir / "hf" / f"iter_{step:07d}"
+
 
 @dataclass(frozen=True)
 class StudyLayout:
@@ -260,6 +277,11 @@ class StudyLayout:
     def collapse_generator(self, k: int) -> Path:
         """``collapse/g<k>/generator/``: the HF Llama export of generation ``k − 1``'s final checkpoint."""
         return self.collapse(k).root / "generator"
+
+    @property
+    def base_import(self) -> Path:
+        """``base/megatron/``: ``base.hf_model`` imported as a megatron checkpoint (marker ``megatron.done``)."""
+        return self.root / "base" / "megatron"
 
     # ------------------------------------------------------------------ runs and results
     @property

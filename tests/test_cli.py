@@ -100,6 +100,20 @@ def test_study_file_kept_verbatim_and_invocations_recorded_apart(tmp_path):
     assert len(inv2) == 1 and yaml.safe_load(inv2[0].read_text())["config"]["train"]["train_iters"] == 40
 
 
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_every_example_loads_dry_runs_and_plans(tmp_path, example):
+    """Every study file of examples/ validates: ``megasynth run --dry-run`` lists its stages and writes nothing, and
+    one with a sweep section is planned (``megasynth sweep plan``), cluster paths (/models, /data) included."""
+    study = ROOT / "examples" / example
+    out = _run([*MEGASYNTH, "run", str(study), "--dry-run", "--study-dir", str(tmp_path / "s")], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "# stages" in out.stdout and not (tmp_path / "s").exists()
+    if "sweep" in yaml.safe_load(study.read_text()):
+        plan = _run([*MEGASYNTH, "sweep", "plan", str(study), "--format", "json"], tmp_path)
+        assert plan.returncode == 0, plan.stderr[-3000:]
+        assert json.loads(plan.stdout)["totals"]["runs"] >= 4
+
+
 # ------------------------------------------------------------------------------------------ README.md
 SKIP = {  # first words of README commands the test does not run -> why
     "make": "creates the venv and runs the whole study or the whole suite (minutes)",

@@ -61,10 +61,12 @@ def test_base_floor_imports_no_stage_and_no_top():
     """``config/`` reads torch-free catalogs of a higher floor to validate names: the preset table of
     ``model/presets.py`` (``model.preset``), the prompt families of ``generate/prompts.py``
     (``generation.prompts``), the task names of ``evaluation/catalog.py`` (``evaluation.tasks``) and the math
-    tasks of ``evaluation/math.py`` (``generation.synthllm.decontaminate``); nothing else."""
+    tasks of ``evaluation/math.py`` (``generation.synthllm.decontaminate``, ``evaluation.math_tasks``) and the presets'
+    vLLM head-size check (``evaluation.math_tasks``); nothing else."""
     files = [PKG / "layout.py", PKG / "utils.py", *sorted((PKG / "config").glob("*.py"))]
     forbidden = TOP + tuple(f"megasynth.{p}" for p in STAGE_PACKAGES)
-    allowed = {"megasynth.model.presets", "megasynth.model.presets.PRESETS", "megasynth.generate.prompts",
+    allowed = {"megasynth.model.presets", "megasynth.model.presets.PRESETS",
+               "megasynth.model.presets.check_vllm_head_dim", "megasynth.generate.prompts",
                "megasynth.generate.prompts.prompt_spec", "megasynth.evaluation.catalog",
                "megasynth.evaluation.catalog.resolve_task", "megasynth.evaluation.math",
                "megasynth.evaluation.math.MATH_TASKS"}

@@ -225,3 +225,74 @@ def test_synthllm_source_is_question_answer_data_in_the_study(tmp_path):
     with pytest.raises(MegasynthError, match=r"^generation\.synthllm\.qa_prompt_format: must be"):
         StudyConfig.from_dict({**data, "generation": {"styles": [], "synthllm": {"enabled": True,
                                                                                  "qa_prompt_format": "auto"}}})
+
+
+def test_synthllm_level_sources_split_by_level(tmp_path):
+    """``generation.synthllm.level_sources``: ``synthllm-l1/-l2/-l3`` are the synthllm records of one level each,
+    tokenized as QA data at preprocess time, usable alone in mixtures; the report's level table puts their runs beside
+    each level's diversity."""
+    from megasynth.analysis.results import ResultRow
+    from megasynth.analysis.synthllm_levels import level_section
+    from megasynth.config import StudyConfig
+    from megasynth.config.data import is_synthetic_source, source_style
+    from megasynth.corpora import run_corpora
+    from megasynth.data.mixtures import run_mix
+    from megasynth.data.preprocess import preprocess_done, run_preprocess
+    from megasynth.layout import StudyLayout
+    from megasynth.utils import mark_done, write_json
+
+    _write_jsonl(tmp_path / "toy.jsonl", [{"id": f"d{i}", "text": " ".join(PROSE[i:] + PROSE[:i]) * 2}
+                                          for i in range(len(PROSE))])
+    data = {"name": "qa", "study_dir": str(tmp_path / "study"),
+            "corpora": {"train": [{"name": "toy", "loader": "jsonl", "path": str(tmp_path / "toy.jsonl")}],
+                        "eval": [{"name": "ev", "loader": "jsonl", "path": str(tmp_path / "toy.jsonl")}]},
+            "generation": {"styles": [], "synthllm": {"enabled": True, "level_sources": True}},
+            "decontamination": {"enabled": False},
+            "tokenizer": {"type": "bpe", "vocab_size": 400},
+            "mixtures": [{"name": f"l{k}", "sources": {f"synthllm-l{k}": 1.0}} for k in (1, 2, 3)],
+            "model": {"preset": "llama3-micro"},
+            "train": {"seq_length": SEQ, "micro_batch_size": 2, "global_batch_size": 4, "train_iters": 10,
+                      "optimizer": {"lr_warmup_iters": 1}}}
+    cfg = StudyConfig.from_dict(data)
+    assert cfg.synthetic_sources == ["synthllm", "synthllm-l1", "synthllm-l2", "synthllm-l3"]
+    assert source_style("synthllm-l2") == "synthllm" and is_synthetic_source("synthllm-l3")
+    off = StudyConfig.from_dict({**data, "generation": {"styles": [], "synthllm": {"enabled": True}}, "mixtures": []})
+    assert off.synthetic_sources == ["synthllm"]
+    with pytest.raises(MegasynthError, match=r"^mixtures\[0\]\.sources.*synthllm-l1"):
+        StudyConfig.from_dict({**data, "generation": {"styles": [], "synthllm": {"enabled": True}}})
+    layout = StudyLayout.of(cfg.study_dir)
+    run_corpora(cfg, layout)
+    d = layout.synthetic_dir("synthllm")
+    d.mkdir(parents=True)
+    recs = [{"id": f"synthllm-{i}", "text": f"Question: {r['question']}\n\nAnswer: {r['answer']}", "level": 1 + i % 3,
+             "question": r["question"], "answer": r["answer"]} for i, r in enumerate(QA * 4)]
+    _write_jsonl(d / "shard-00000.jsonl", recs)
+    levels = {str(k): {"kept": sum(r["level"] == k for r in recs), "distinct_n": {"2": 0.5 + 0.1 * k},
+                       "pairwise_jaccard_3gram": 0.1 / k, "concept_coverage": 0.2 * k} for k in (1, 2, 3)}
+    write_json(d / "manifest.json", {"style": "synthllm", "shards": ["shard-00000.jsonl"], "levels": levels})
+    mark_done(d / "manifest.json")
+    run_preprocess(cfg, layout)
+    all_stats = json.loads(layout.tokenized_stats("synthllm").read_text())
+    per = {k: json.loads(layout.tokenized_stats(f"synthllm-l{k}").read_text()) for k in (1, 2, 3)}
+    assert [per[k]["documents"] for k in (1, 2, 3)] == [sum(r["level"] == k for r in recs) for k in (1, 2, 3)]
+    assert sum(per[k]["tokens"] for k in (1, 2, 3)) == all_stats["tokens"]  # a partition of the records
+    assert sum(per[k]["loss_tokens"] for k in (1, 2, 3)) == all_stats["loss_tokens"]
+    assert all(per[k]["level"] == k and per[k]["kind"] == "synthetic" for k in (1, 2, 3))
+    assert preprocess_done(cfg, layout)
+    run_mix(cfg, layout)
+    for k in (1, 2, 3):
+        mix = json.loads((layout.root / "mixtures" / f"l{k}.json").read_text())
+        assert mix["realised_share"] == {f"synthllm-l{k}": 1.0}
+
+    rows = [ResultRow(run=f"l{k}", mixture=f"l{k}", preset="llama3-micro", n_params=1, n_params_non_embedding=1,
+                      tokens=tokens, synthetic_ratio=1.0, eval_set=es, loss=v + k / 10, metric=m,
+                      synthetic_sources=f"synthllm-l{k}", schedule_complete=True)
+            for k in (1, 2, 3) for tokens in (100, 200) for es, m, v in (("ev", "loss", 5.0), ("ev", "bpb", 2.0),
+                                                                          ("gsm8k_bpb", "bpb", 1.5))]
+    md, files = level_section(rows, layout, ["ev"])
+    rec = json.loads(layout.fit("synthllm_levels").read_text())
+    assert [(r["level"], r["tokens"]) for r in rec["runs"]] == [(1, 200), (2, 200), (3, 200)]
+    assert rec["runs"][1]["values"] == {"ev:loss": 5.2, "ev:bpb": 2.2, "gsm8k_bpb:bpb": 1.7}
+    assert rec["runs"][2]["diversity"]["kept"] == levels["3"]["kept"]
+    assert "| 2 | l2 (llama3-micro) | 1.00 | 200 | 5.2000 | 2.2000 | 1.7000 |" in "\n".join(md)
+    assert level_section([r for r in rows if r.mixture == "none"], layout, ["ev"]) == ([], [])

@@ -422,9 +422,23 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     md += down_md + uni_md + col_md
     extra_files = extra_files + down_files + uni_files + col_files
 
+    from megasynth.analysis.cpt_laws import cpt_section
+
+    cpt_rows = (complete_rows(all_rows)[0] if cfg.report.schedule_complete_only else all_rows)
+    cpt_md, cpt_files = cpt_section(cpt_rows, layout, plateau_gain=cfg.report.plateau_gain,
+                                    n_bootstrap=fit_opts["n_bootstrap"], ci_level=fit_opts["ci_level"], seed=cfg.seed,
+                                    study=cfg.name, loss=fit_opts["loss"], delta=fit_opts["delta"])
+    md += cpt_md
+    extra_files = extra_files + cpt_files
+    from megasynth.analysis.synthllm_levels import level_section
+
+    lvl_md, lvl_files = level_section(cpt_rows, layout, cfg.eval_sets)
+
     from megasynth.generate.synthllm.quality import report_section as synthllm_section
 
     md += synthllm_section(cfg, layout)  # SynthLLM diversity per level (empty unless the source is generated)
+    md += lvl_md  # runs trained on one level alone, beside that level's diversity
+    extra_files = extra_files + lvl_files
 
     notes = [f"- `{lab}` on `{es}`: {n} evaluation(s) with a non-finite loss (diverged?) left out"
              for (lab, es), n in sorted(dropped.items())]

@@ -95,7 +95,8 @@ def downstream_section(rows: Sequence[ResultRow], series: Sequence[tuple[str, st
     """
     from megasynth.analysis.plots import plot_panels
 
-    tasks = task_names(rows)
+    scored = {r.eval_set for r in rows if r.metric in ("acc", "acc_norm", "bpb")}
+    tasks = [t for t in task_names(rows) if t in scored]  # generative math errors: the continued-training section
     if not tasks:
         return [], []
     finals = {m: final_values(rows, m) for m in ("acc", "acc_norm", "bpb")}

@@ -8,7 +8,10 @@
   the ``metric`` column hold only these rows and are read as such);
 - ``bpb``: bits per UTF-8 byte, of a held-out set (``Σ nats / (ln 2 · bytes)``, tokenizer-independent) or of a
   downstream task's gold answers;
-- ``acc``, ``acc_norm``: a downstream task's accuracy (OLMES raw and per-character normalised).
+- ``acc``, ``acc_norm``: a downstream task's accuracy (OLMES raw and per-character normalised);
+- ``math_error``, ``gsm8k_error``: generative error rate (1 − accuracy, a fraction) on MATH-500
+  (``eval_set`` ``minerva_math_500``, and ``minerva_math_500_level<k>`` per difficulty level 1–5) or GSM8K
+  (``gsm8k``), from the ``evaluate`` stage's math cache (``runs/<run_id>/math/iter_NNNNNNN.json``).
 
 For task rows ``eval_set`` holds the task name (``arc_easy``, ``gsm8k_bpb``; task names and held-out set
 names never coincide: the config refuses it). A held-out set always has ``loss`` rows and a task never does,
@@ -44,7 +47,7 @@ logger = logging.getLogger("megasynth.analysis")
 COLUMNS = ("run", "mixture", "preset", "n_params", "n_params_non_embedding", "tokens", "synthetic_ratio",
            "eval_set", "loss", "synthetic_sources", "seed", "schedule", "schedule_complete", "generator", "metric")
 REQUIRED_COLUMNS = COLUMNS[:9]  # tables written before the later columns existed still parse
-METRICS = ("loss", "bpb", "acc", "acc_norm")
+METRICS = ("loss", "bpb", "acc", "acc_norm", "math_error", "gsm8k_error")
 """Values of the ``metric`` column."""
 SUMMARY_KEYS = ("mixture", "preset", "n_params", "n_params_non_embedding", "synthetic_ratio")
 EVAL_KEYS = ("step", "consumed_tokens", "eval_set")
@@ -162,7 +165,7 @@ def collect_run(run: str, run_dir: Path, synthetic_sources: str = "", generator:
             schedule_complete=None if last is None else step == last, **base)
     if not by_key:
         logger.warning("%s: no evaluations recorded", evals_path)
-    for task, tokens, metric, value in _downstream_rows(files):
+    for task, tokens, metric, value in _downstream_rows(files) + _math_rows(files):
         by_key[(tokens, task, metric)] = ResultRow(tokens=tokens, eval_set=task, loss=value, metric=metric,
                                                    schedule_complete=None if last is None else True, **base)
     return list(by_key.values())
@@ -177,6 +180,25 @@ def _downstream_rows(files: RunLayout) -> list[tuple[str, int, str, float]]:
     for task, res in rec.get("tasks", {}).items():
         for metric, value in res.get("metrics", {}).items():
             out.append((task, int(rec["tokens"]), metric, float(value)))
+    return out
+
+
+def math_eval_set(task: str, level: Optional[int]) -> str:
+    """The ``eval_set`` of a math error row: the task, or ``<task>_level<k>`` for a MATH difficulty level."""
+    return task if level is None else f"{task}_level{level}"
+
+
+def _math_rows(files: RunLayout) -> list[tuple[str, int, str, float]]:
+    """``(eval_set, tokens, metric, value)`` of the current math cache of the run's final checkpoint."""
+    from megasynth.evaluation.checkpoints import cached_math
+
+    rec = cached_math(files)
+    out = []
+    for res in rec.get("tasks", {}).values():
+        for row in res.get("rows", []):
+            if row.get("value") is not None:
+                out.append((math_eval_set(row["task"], row.get("level")), int(rec["tokens"]), row["metric"],
+                            float(row["value"])))
     return out
 
 
@@ -298,8 +320,10 @@ def run_generator(run: RunConfig, layout: StudyLayout) -> str:
     falls back to the part of its name after ``@`` (``hq@llama-8b`` -> ``llama-8b``), else nothing.
     """
     names: list[str] = []
+    from megasynth.config.data import synthllm_level
+
     for src in run.synthetic_sources:
-        path = layout.synthetic_manifest(src)
+        path = layout.synthetic_manifest("synthllm" if synthllm_level(src) else src)
         name = None
         if path.exists():
             try:
@@ -319,7 +343,8 @@ def _finished(runs: list[RunConfig], layout: StudyLayout) -> tuple[list[RunConfi
     finished = [r for r in runs if layout.run(r.run_id).summary.exists()]
     unfinished = [r for r in runs if r not in finished]
     inputs = [p for r in finished for p in (layout.run(r.run_id).summary, layout.run(r.run_id).evals,
-                                             *sorted(layout.run(r.run_id).downstream_dir.glob("iter_*.json")))]
+                                             *sorted(layout.run(r.run_id).downstream_dir.glob("iter_*.json")),
+                                             *sorted(layout.run(r.run_id).math_dir.glob("iter_*.json")))]
     digest = _inputs_hash(inputs, json.dumps({r.run_id: ["+".join(r.synthetic_sources), r.train.seed, r.schedule,
                                                          r.train.train_iters, run_generator(r, layout)]
                                               for r in finished}, sort_keys=True))

@@ -27,15 +27,16 @@ from megasynth.config.data import (COLLAPSE_PREFIX, GENERATOR_SEP, STYLES, SYNTH
 from megasynth.config.evaluation import CollapseConfig, EvaluationConfig
 from megasynth.config.loading import MOVED_KEYS, apply_override, read_yaml
 from megasynth.config.slurm import SlurmExecutorConfig
-from megasynth.config.study import RUN_LAYOUT_FIELDS, ReportConfig, RunConfig, StudyConfig
+from megasynth.config.study import BASE_RUN_ID, RUN_LAYOUT_FIELDS, BaseConfig, ReportConfig, RunConfig, StudyConfig
 from megasynth.config.sweep import Budget, BudgetsConfig, ExecutorConfig, SweepConfig
-from megasynth.config.training import (BranchConfig, CheckpointConfig, ModelConfig, OptimizerConfig, ParallelConfig,
-                                       TrainConfig)
+from megasynth.config.training import (BASE_INIT, BranchConfig, CheckpointConfig, ModelConfig, OptimizerConfig,
+                                       ParallelConfig, TrainConfig)
 
 __all__ = ["STYLES", "SYNTHETIC_SOURCES", "GENERATOR_SEP", "COLLAPSE_PREFIX", "is_synthetic_source", "source_style",
            "EvaluationConfig", "CollapseConfig",
            "GeneratorConfig", "ServerConfig", "DedupConfig", "DecontaminationConfig", "CorpusConfig", "CorporaConfig", "SamplingConfig", "SynthLLMConfig",
            "GenerationConfig", "PromptConfig", "TokenizerConfig", "MixtureConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig",
-           "CheckpointConfig", "BranchConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig",
+           "CheckpointConfig", "BranchConfig", "TrainConfig", "ReportConfig", "StudyConfig", "RunConfig", "BaseConfig",
+           "BASE_RUN_ID", "BASE_INIT",
            "RUN_LAYOUT_FIELDS", "SweepConfig", "BudgetsConfig", "Budget", "ExecutorConfig", "SlurmExecutorConfig",
            "MOVED_KEYS", "apply_override", "read_yaml"]

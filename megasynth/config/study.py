@@ -7,13 +7,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from megasynth.config.data import (COLLAPSE_PREFIX, CorporaConfig, DecontaminationConfig, GenerationConfig,
-                                   MixtureConfig, TokenizerConfig)
+from megasynth.config.data import (COLLAPSE_PREFIX, SYNTHLLM_LEVEL_SOURCES, CorporaConfig, DecontaminationConfig,
+                                   GenerationConfig, MixtureConfig, TokenizerConfig)
 from megasynth.config.evaluation import CollapseConfig, EvaluationConfig
 from megasynth.config.loading import ConfigFile, flatten
 from megasynth.config.sweep import NATURAL, SweepConfig
 from megasynth.config.training import ModelConfig, TrainConfig
 from megasynth.utils import MegasynthError
+
+BASE_RUN_ID = "base"
+"""Run id of a base model trained in the study (``base.mixture``): ``runs/base/``."""
+
+
+@dataclass
+class BaseConfig:
+    """``base``: the pretrained model every run of the study continues from (continued pre-training, SynthLLM's
+    setting: Qin et al. 2025 train Llama-3 checkpoints further on synthetic data). Every planned run (a sweep's
+    WSD trunks; their branches inherit it) starts from its weights with a fresh optimizer and its own LR schedule
+    (``train.init_from`` is set to ``study:base``). Either:
+
+    - ``mixture`` + ``train_iters``: the train stage first trains run ``base`` on that mixture from random init
+      (``model.preset``, the study's ``train`` settings with ``train_iters`` steps; an ordinary run in results);
+    - ``hf_model``: a local Hugging Face Llama directory, imported once by the train stage into
+      ``base/megatron/`` (:func:`megasynth.model.convert.import_hf`; its shapes must be ``model.preset``'s).
+    """
+
+    mixture: Optional[str] = None
+    """A mixture of ``mixtures:`` to train the base model on (natural text)."""
+    train_iters: Optional[int] = None
+    """Steps of the base run (with ``mixture``)."""
+    hf_model: Optional[str] = None
+    """A local HF Llama directory (``config.json``, safetensors); checked when the train stage imports it."""
+    lr: Optional[float] = None
+    """Peak LR of the base run (``None``: ``train.optimizer.lr``, which the continued-training runs use)."""
+    min_lr: Optional[float] = None
+    """Final LR of the base run (``None``: ``train.optimizer.min_lr``)."""
+
+    def validate(self, where: str = "base") -> None:
+        """Exactly one of ``mixture`` and ``hf_model``; ``train_iters`` >= 1 with ``mixture`` only."""
+        if (self.mixture is None) == (self.hf_model is None):
+            raise MegasynthError(f"{where}: give either mixture (with train_iters) or hf_model")
+        if self.mixture is not None and (isinstance(self.train_iters, bool) or not isinstance(self.train_iters, int)
+                                         or self.train_iters < 1):
+            raise MegasynthError(f"{where}.train_iters: must be an integer >= 1 with {where}.mixture, "
+                                 f"got {self.train_iters!r}")
+        for f in ("train_iters", "lr", "min_lr"):
+            if self.hf_model is not None and getattr(self, f) is not None:
+                raise MegasynthError(f"{where}.{f}: only with {where}.mixture (an imported hf_model is not trained)")
+        for f in ("lr", "min_lr"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise MegasynthError(f"{where}.{f}: must be a number >= 0, got {v!r}")
 
 
 @dataclass
@@ -32,6 +76,10 @@ class ReportConfig:
     """Fit only the evaluations at the end of a run's schedule (``schedule_complete`` in ``results.csv``): a
     budget point where the LR had not yet decayed overstates the loss of a run of that budget (Hoffmann et al.
     2022 §3; Hägele et al. 2024). ``false``: fit every evaluation."""
+    plateau_gain: float = 0.01
+    """Continued-training section (:mod:`megasynth.analysis.cpt_laws`): the predicted gain per doubling of D (in
+    units of the metric: bits per byte, or error as a fraction) below which a fitted curve counts as on its
+    plateau; the section reports the tokens at which each law gets there."""
 
     def validate(self, where: str = "report") -> None:
         """Range checks; raise :class:`MegasynthError` naming the dotted field."""
@@ -41,6 +89,9 @@ class ReportConfig:
             raise MegasynthError(f"{where}.ci_level: must be in (0, 1), got {self.ci_level}")
         if self.huber_delta <= 0:
             raise MegasynthError(f"{where}.huber_delta: must be > 0")
+        if isinstance(self.plateau_gain, bool) or not isinstance(self.plateau_gain, (int, float)) \
+                or not self.plateau_gain > 0:
+            raise MegasynthError(f"{where}.plateau_gain: must be > 0, got {self.plateau_gain!r}")
 
 
 @dataclass
@@ -70,6 +121,9 @@ class StudyConfig(ConfigFile):
     """The experiment grid (presets × budgets × mixtures × seeds, :mod:`megasynth.config.sweep`); ``None``: one
     run per mixture with the study's ``model`` and ``train``."""
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
+    base: Optional[BaseConfig] = None
+    """The pretrained model every run continues from (:class:`BaseConfig`); ``None``: runs start from random init
+    (or ``train.init_from``)."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -86,8 +140,10 @@ class StudyConfig(ConfigFile):
         generators; :meth:`GenerationConfig.style_sources`), then ``synthllm`` if enabled."""
         if not self.generation.enabled:
             return []
-        return ([s for s, _, _ in self.generation.style_sources()]
-                + (["synthllm"] if self.generation.synthllm.enabled else []))
+        s = self.generation.synthllm
+        return ([name for name, _, _ in self.generation.style_sources()]
+                + (["synthllm"] if s.enabled else []) + (list(SYNTHLLM_LEVEL_SOURCES) if s.enabled and s.level_sources
+                                                         else []))
 
     @property
     def training_sources(self) -> list[str]:
@@ -153,13 +209,25 @@ class StudyConfig(ConfigFile):
         seen = {m.name for m in chosen}
         return chosen + [self.mixture(m.name) for m in self.grid_mixtures if m.name not in seen]
 
+    @property
+    def written_mixtures(self) -> list[MixtureConfig]:
+        """The mixtures the ``mix`` stage writes: :attr:`run_mixtures`, and the base run's (``base.mixture``)."""
+        out = self.run_mixtures
+        if self.base is not None and self.base.mixture and self.base.mixture not in {m.name for m in out}:
+            out.append(self.mixture(self.base.mixture))
+        return out
+
     def mixture_train_samples(self, name: str) -> int:
         """The most training samples any run of mixture ``name`` reads (a WSD trunk's, or the largest budget's)."""
+        base = (self.base.train_iters * self.train.global_batch_size
+                if self.base is not None and self.base.mixture == name else 0)
         if self.sweep is None:
-            return self.train.train_samples
-        del name  # every mixture of a sweep runs every preset and budget
-        return max(b.train_iters for p in (self.sweep.presets or [self.model.preset])
-                   for b in self.sweep.budgets.for_preset(p, self.train)) * self.train.global_batch_size
+            return max(self.train.train_samples, base)
+        if self.sweep.ratios or self.sweep.mixtures:
+            if name not in {m.name for m in [*map(self.mixture, self.sweep.mixtures), *self.grid_mixtures]}:
+                return base or self.train.train_samples  # only the base run reads it
+        return max(base, max(b.train_iters for p in (self.sweep.presets or [self.model.preset])
+                             for b in self.sweep.budgets.for_preset(p, self.train)) * self.train.global_batch_size)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -213,6 +281,11 @@ class StudyConfig(ConfigFile):
                 if m.name in named and dict(named[m.name].sources) != dict(m.sources):
                     raise MegasynthError(f"sweep.ratios: the grid's mixture {m.name!r} {m.sources} differs from "
                                          f"mixtures: {m.name} {named[m.name].sources}")
+        if self.base is not None:
+            self._check_base()
+        if self.evaluation.math_tasks:
+            self._check_vllm_servable("evaluation.math_tasks: the evaluate stage samples each final checkpoint "
+                                      "with vLLM")
         if self.collapse.generations:
             base = next((m for m in self.mixtures if m.name == self.collapse.base_mixture), None)
             if base is None:
@@ -224,6 +297,37 @@ class StudyConfig(ConfigFile):
             if self.tokenizer.type == "llama3":
                 raise MegasynthError("collapse.generations: the loop exports each model with an HF tokenizer for "
                                      "vLLM; use tokenizer.type bpe or huggingface")
+
+
+    def _check_base(self) -> None:
+        """``base``: valid, a named mixture, no ``train.init_from`` of its own, one preset (the base's)."""
+        b = self.base
+        b.validate("base")
+        if self.train.init_from is not None:
+            raise MegasynthError("train.init_from: set by the base section (study:base); remove one of them")
+        if b.mixture is not None:
+            if b.mixture not in {m.name for m in self.mixtures}:
+                raise MegasynthError(f"base.mixture: unknown mixture {b.mixture!r} (known: "
+                                     f"{', '.join(m.name for m in self.mixtures)})")
+            if self.train.optimizer.lr_warmup_iters >= b.train_iters:
+                raise MegasynthError(f"base.train_iters: must exceed train.optimizer.lr_warmup_iters "
+                                     f"({self.train.optimizer.lr_warmup_iters})")
+        for i, p in enumerate(self.sweep.presets if self.sweep is not None else []):
+            if p != self.model.preset:
+                raise MegasynthError(f"sweep.presets[{i}]: {p!r}, but every run continues from the base model, a "
+                                     f"{self.model.preset!r} (model.preset)")
+
+    def _check_vllm_servable(self, why: str) -> None:
+        """Every preset of the study (``model.preset``, ``sweep.presets``) has a head size vLLM serves, and the
+        tokenizer is an HF directory an exported model can carry (``bpe`` or ``huggingface``)."""
+        from megasynth.model.presets import check_vllm_head_dim
+
+        check_vllm_head_dim(self.model.preset, "model.preset", why)
+        for i, p in enumerate(self.sweep.presets if self.sweep is not None else []):
+            check_vllm_head_dim(p, f"sweep.presets[{i}]", why)
+        if self.tokenizer.type == "llama3" and not (self.base is not None and self.base.hf_model):
+            raise MegasynthError(f"tokenizer.type: llama3 (tiktoken) is no HF tokenizer directory for vLLM; use bpe or "
+                                 f"huggingface, or a base.hf_model whose tokenizer files the exports carry ({why})")
 
 
 def _check_in_loop(evaluation: EvaluationConfig, train: TrainConfig) -> None:

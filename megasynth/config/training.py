@@ -10,6 +10,10 @@ from typing import Literal, Optional, Union
 
 from megasynth.utils import MegasynthError
 
+BASE_INIT = "study:base"
+"""``train.init_from`` of every run of a study with a ``base:`` section: the study's base model, resolved when the
+run starts (:meth:`megasynth.layout.StudyLayout.base_checkpoint`), so that run files name no absolute path."""
+
 
 @dataclass
 class ModelConfig:
@@ -209,7 +213,7 @@ class TrainConfig:
     the run, at any TP/PP. Only the weights are read: the optimizer state is fresh and the LR schedule
     (``optimizer.lr``, ``optimizer.lr_warmup_iters``, decay) starts at step 0. Its architecture and tensor
     shapes must match ``model.preset`` and its vocabulary the tokenizer. ``None``: layout-independent random
-    init."""
+    init. ``study:base`` (set by a study's ``base:`` section, not by hand): the study's base model."""
     data_samples: Optional[int] = None
     """Samples the training dataset is built for (megatron-core's shuffle depends on it); the run reads its
     first ``train_iters · global_batch_size``. ``None``: exactly those. A WSD branch sets its trunk's count,
@@ -239,7 +243,7 @@ class TrainConfig:
             raise MegasynthError(f"{where}.num_workers: must be >= 0")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise MegasynthError(f"{where}.peak_tflops: must be > 0")
-        if self.init_from is not None and not Path(self.init_from).is_dir():
+        if self.init_from is not None and self.init_from != BASE_INIT and not Path(self.init_from).is_dir():
             raise MegasynthError(f"{where}.init_from: checkpoint directory not found: {self.init_from}")
         self.optimizer.validate(f"{where}.optimizer")
         self.parallel.validate(f"{where}.parallel")

@@ -32,13 +32,18 @@ logger = logging.getLogger("megasynth.data")
 
 def source_inputs(cfg: "StudyConfig", layout: "StudyLayout") -> list[tuple[str, str, list[Path]]]:
     """``(name, kind, files)`` of every training source before decontamination: natural corpora
-    (``corpora/<name>.jsonl``), then synthetic sources (the shards their manifest lists).
+    (``corpora/<name>.jsonl``), then synthetic sources (the shards their manifest lists; not the per-level SynthLLM
+    sources ``synthllm-l<k>``, which the preprocess stage splits from ``synthllm``).
 
     Raises:
         MegasynthError: a synthetic source not generated yet.
     """
     out: list[tuple[str, str, list[Path]]] = [(n, "natural", [layout.corpus(n)]) for n in cfg.natural_sources]
+    from megasynth.config.data import synthllm_level
+
     for name in cfg.synthetic_sources:
+        if synthllm_level(name):
+            continue  # per-level SynthLLM sources: the synthllm records, split when tokenized (preprocess)
         manifest = layout.synthetic_manifest(name)
         if not (manifest.exists() and is_done(manifest)):
             raise MegasynthError(f"{manifest}: synthetic source {name!r} not generated yet (run `megasynth generate` "

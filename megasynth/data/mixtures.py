@@ -111,7 +111,7 @@ def mixture_report(name: str, sources: dict[str, float], prefixes: dict[str, str
 
 def run_mix(cfg: "StudyConfig", layout: "StudyLayout") -> None:
     """The ``mix`` stage: write ``mixtures/<mix>.json`` for every mixture the study trains
-    (:attr:`~megasynth.config.StudyConfig.run_mixtures`: ``mixtures:``, or a sweep's named and ratio-grid
+    (:attr:`~megasynth.config.StudyConfig.written_mixtures`: ``mixtures:``, or a sweep's named and ratio-grid
     mixtures), skipping complete ones.
 
     The realised share is measured on megatron-core's ``BlendedDataset`` built for the largest training
@@ -123,7 +123,7 @@ def run_mix(cfg: "StudyConfig", layout: "StudyLayout") -> None:
         MegasynthError: a source of a mixture is not tokenized (run ``megasynth preprocess``).
     """
     tokenizer = None
-    for mix in cfg.run_mixtures:
+    for mix in cfg.written_mixtures:
         if is_done(layout.mixture(mix.name)):
             _check_sources(layout.mixture(mix.name), read_json(layout.mixture(mix.name)), mix.sources)
             logger.info("mixture %s: complete, skipping", mix.name)
@@ -189,9 +189,9 @@ def mix_done(cfg: "StudyConfig", layout: "StudyLayout") -> bool:
     Raises:
         MegasynthError: a complete mixture file was written for other shares than the study's.
     """
-    if not all(is_done(layout.mixture(m.name)) for m in cfg.run_mixtures):
+    if not all(is_done(layout.mixture(m.name)) for m in cfg.written_mixtures):
         return False
-    for m in cfg.run_mixtures:
+    for m in cfg.written_mixtures:
         _check_sources(layout.mixture(m.name), read_json(layout.mixture(m.name)), m.sources)
     return True
 

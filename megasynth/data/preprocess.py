@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from megasynth.config.data import synthllm_level
 from megasynth.data.tokenizer import MegasynthTokenizer, load_tokenizer, train_bpe_tokenizer
 from megasynth.utils import MegasynthError, is_done, mark_done, read_json, read_jsonl, write_json
 
@@ -129,14 +130,19 @@ def _sources(cfg: "StudyConfig", layout: "StudyLayout") -> list[tuple[str, str, 
     from megasynth.data.clean import source_inputs, training_input
 
     out = [(name, kind, training_input(cfg, layout, name, files)) for name, kind, files in source_inputs(cfg, layout)]
+    synthllm = next((files for name, _, files in out if name == "synthllm"), None)
+    for name in cfg.synthetic_sources:
+        if synthllm_level(name):  # synthllm-l<k>: the synthllm records of level k (split when tokenized)
+            out.append((name, "synthetic", list(synthllm or [])))
     for name in cfg.eval_sets:
         out.append((name, "eval", [layout.corpus(name)]))
     return out
 
 
 def _qa_format(cfg: "StudyConfig", name: str) -> str | None:
-    """The question–answer prompt format of source ``name`` (``synthllm``: loss on answers only), else ``None``."""
-    return cfg.generation.synthllm.qa_prompt_format if name == "synthllm" else None
+    """The question–answer prompt format of source ``name`` (``synthllm`` and ``synthllm-l<k>``: loss on answers
+    only), else ``None``."""
+    return cfg.generation.synthllm.qa_prompt_format if name == "synthllm" or synthllm_level(name) else None
 
 
 def _inputs_id(paths: list[Path]) -> list:
@@ -244,7 +250,7 @@ def tokenize_source(layout: "StudyLayout", name: str, kind: str, paths: list[Pat
     if qa_format:  # question-answer records: the loss on answer tokens only (megasynth.data.qa)
         from megasynth.data.qa import preprocess_qa_jsonl
 
-        produced = preprocess_qa_jsonl(paths, prefix, tokenizer, prompt_format=qa_format)
+        produced = preprocess_qa_jsonl(paths, prefix, tokenizer, prompt_format=qa_format, level=synthllm_level(name))
     else:
         produced = preprocess_jsonl(paths, prefix, tokenizer, json_key="text", append_eod=True, name=name)
     stats = {"source": name, "kind": kind, **produced, "inputs_id": inputs_id}

@@ -63,9 +63,11 @@ def _chat_renderer(tokenizer):
     return hf if getattr(hf, "chat_template", None) else None
 
 
-def _records(paths: Iterable[Path], question_key: str, answer_key: str):
+def _records(paths: Iterable[Path], question_key: str, answer_key: str, level: Optional[int] = None):
     for path in paths:
         for lineno, rec in read_jsonl_numbered(path):
+            if level is not None and rec.get("level") != level:
+                continue
             for key in (question_key, answer_key):
                 v = rec.get(key)
                 if not isinstance(v, str) or not v.strip():
@@ -76,7 +78,7 @@ def _records(paths: Iterable[Path], question_key: str, answer_key: str):
 
 def preprocess_qa_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str | os.PathLike, tokenizer,
                         prompt_format: PromptFormat = "plain", question_key: str = "question",
-                        answer_key: str = "answer") -> dict:
+                        answer_key: str = "answer", level: Optional[int] = None) -> dict:
     """Tokenize question–answer JSONL into ``output_prefix.{bin,idx}`` and ``output_prefix_loss_mask.{bin,idx}``.
 
     Args:
@@ -86,10 +88,11 @@ def preprocess_qa_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str |
             every record.
         prompt_format: ``plain`` (``Question: …\\nAnswer: …``), ``chat`` (the chat template of a
             ``huggingface`` tokenizer directory), ``auto`` (chat when the tokenizer has a template).
+        level: only the records whose ``level`` is this (SynthLLM's concept-combination level, 1-3); ``None``: all.
 
     Returns:
         Stats: ``documents`` (records), ``tokens`` (incl. EOD), ``loss_tokens`` (answer tokens + EOD),
-        ``prompt_format`` (the one used), ``tokenizer``, ``tokenizer_sha``, ``vocab_size``, ``dtype``, ``inputs``.
+        ``prompt_format`` (the one used), ``tokenizer``, ``tokenizer_sha``, ``vocab_size``, ``dtype``, ``inputs``, ``level`` (when given).
 
     Files are written under temporary names and renamed when complete: the mask first, the token
     ``.idx`` last, so a prefix whose ``.idx`` exists has its mask.
@@ -140,7 +143,7 @@ def preprocess_qa_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str |
 
     try:
         batch: list[tuple[str, str]] = []
-        for qa in _records(paths, question_key, answer_key):
+        for qa in _records(paths, question_key, answer_key, level):
             batch.append(qa)
             if len(batch) >= BATCH_RECORDS:
                 flush(batch)
@@ -162,6 +165,8 @@ def preprocess_qa_jsonl(paths: Iterable[str | os.PathLike], output_prefix: str |
     stats.update(prompt_format=used, tokenizer=tokenizer.name,
                  tokenizer_sha=getattr(tokenizer, "unique_identifiers", {}).get("sha"), vocab_size=tokenizer.vocab_size,
                  dtype=dtype.name, inputs=[str(p) for p in paths])
+    if level is not None:
+        stats["level"] = level
     logger.info("tokenized QA %s: %d records, %d tokens (%d with loss), %s format -> %s", out.name,
                 stats["documents"], stats["tokens"], stats["loss_tokens"], used, out)
     return stats

@@ -154,3 +154,136 @@ def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation:
                                 "seconds": round(r.seconds, 3)}
     write_json(files.downstream(step), rec)
     return rec
+
+
+# --------------------------------------------------------------------------------------------------
+# Generative math (MATH-500, GSM8K) of the final checkpoint
+# --------------------------------------------------------------------------------------------------
+def _math_settings(evaluation: "EvaluationConfig") -> dict:
+    """What a cached math result depends on besides the weights (a change rescores the task)."""
+    return {"limit": evaluation.math_limit, "max_new_tokens": evaluation.math_max_new_tokens,
+            "max_model_len": evaluation.math_max_model_len, "dtype": evaluation.math_dtype}
+
+
+def cached_math(files: "RunLayout") -> dict:
+    """The math cache record of the run's final checkpoint (``{}`` when missing or made from an earlier training:
+    ``summary_sha256``).
+
+    ``runs/<run_id>/math/iter_NNNNNNN.json``: ``{checkpoint, step, tokens, summary_sha256, hf_model, tasks: {task:
+    {settings: {limit, max_new_tokens, max_model_len, dtype}, rows: [{task, metric, value, level, n}], samples,
+    seconds}}}``.
+    """
+    if not files.math_dir.is_dir():
+        return {}
+    path = files.math(final_step(files))
+    if not path.is_file():
+        return {}
+    rec = read_json(path)
+    if not isinstance(rec, dict) or rec.get("summary_sha256") != _sha(files.summary):
+        return {}
+    return rec
+
+
+def missing_math_tasks(files: "RunLayout", evaluation: "EvaluationConfig") -> list[str]:
+    """Tasks of ``evaluation.math_tasks`` without a current cached result (same settings) for the final checkpoint."""
+    tasks = cached_math(files).get("tasks", {})
+    want = _math_settings(evaluation)
+    return [t for t in evaluation.math_tasks if t not in tasks or tasks[t].get("settings") != want]
+
+
+def hf_tokenizer_dir(run: "RunConfig", layout: "StudyLayout") -> Path:
+    """The HF tokenizer directory an exported model of ``run`` carries: the study's BPE, ``tokenizer.path``, or for
+    ``tokenizer.type: llama3`` the tokenizer files of an imported ``base.hf_model`` (``base/megatron/hf_assets/``:
+    the same Llama-3 vocabulary as HF files).
+
+    Raises:
+        MegasynthError: ``tokenizer.type: llama3`` (tiktoken) without an imported base model's tokenizer files.
+    """
+    if run.tokenizer.type == "bpe":
+        return layout.tokenizer_dir
+    if run.tokenizer.type == "huggingface" and run.tokenizer.path:
+        return Path(run.tokenizer.path)
+    assets = layout.base_import / "hf_assets"
+    if run.tokenizer.type == "llama3" and (assets / "tokenizer.json").is_file():
+        return assets
+    raise MegasynthError("tokenizer.type: the math evaluation exports each model with an HF tokenizer for vLLM; "
+                         "use tokenizer.type bpe or huggingface (or llama3 with a base.hf_model)")
+
+
+def export_final_hf(run: "RunConfig", layout: "StudyLayout", dtype: str = "float32") -> Path:
+    """The finished run's final checkpoint as a HF Llama directory ``runs/<run_id>/hf/iter_NNNNNNN/``
+    (:func:`megasynth.model.convert.export_hf` with the study's tokenizer), exported once: the marker
+    ``iter_NNNNNNN.done`` holds the run's ``summary.json`` SHA-256 and the dtype; a retrained run or another dtype
+    re-exports.
+
+    Raises:
+        MegasynthError: run not finished, no readable checkpoint, a tokenizer vLLM cannot load (as
+            :func:`hf_tokenizer_dir`).
+    """
+    from megasynth.model.convert import export_hf
+    from megasynth.train.checkpoint import latest_checkpoint
+    from megasynth.utils import is_done, mark_done, marker_path
+
+    files = layout.run(run.run_id)
+    step = final_step(files)
+    out = files.hf_export(step)
+    want = {"summary_sha256": _sha(files.summary), "dtype": dtype}
+    if out.is_dir() and is_done(out):
+        old = read_json(marker_path(out))
+        if all(old.get(k) == v for k, v in want.items()):
+            return out
+    tokenizer = hf_tokenizer_dir(run, layout)
+    ckpt = latest_checkpoint(files.checkpoints)
+    export_hf(ckpt, out, tokenizer=tokenizer, preset=run.model.preset, dtype=dtype, overwrite=True)
+    mark_done(out, {**want, "checkpoint": layout.relative(ckpt), "run_id": run.run_id})
+    return out
+
+
+def evaluate_run_math(run: "RunConfig", layout: "StudyLayout", evaluation: "EvaluationConfig") -> dict:
+    """Generative error rates (``evaluation.math_tasks``) of the finished run's final checkpoint: exported to HF
+    (:func:`export_final_hf`), sampled greedily with vLLM and checked with math-verify
+    (:func:`megasynth.evaluation.math.evaluate_math`). Cached per run and checkpoint in
+    ``runs/<run_id>/math/iter_NNNNNNN.json`` (:func:`cached_math`): tasks with a current result of the same
+    settings are skipped, and nothing is exported or started when all are.
+
+    Returns:
+        The cache record, with every task of ``evaluation.math_tasks``.
+
+    Raises:
+        MegasynthError: run not finished, no readable checkpoint, unknown task (``evaluation.math_tasks[i]``),
+            a preset whose head size vLLM cannot serve (``model.preset``), vLLM / math-verify / olmo_eval missing.
+    """
+    from megasynth.evaluation.math import evaluate_math
+    from megasynth.model.presets import check_vllm_head_dim
+
+    files = layout.run(run.run_id)
+    step = final_step(files)
+    evaluation.validate("evaluation")
+    rec = cached_math(files)
+    todo = missing_math_tasks(files, evaluation)
+    rec = {"checkpoint": layout.relative(files.checkpoints), "step": step, "tokens": step * run.train.tokens_per_step,
+           "summary_sha256": _sha(files.summary), "hf_model": rec.get("hf_model"), "tasks": dict(rec.get("tasks", {}))}
+    if not todo:
+        logger.info("%s: math tasks cached (%s)", run.run_id, files.math(step))
+        return rec
+    check_vllm_head_dim(run.model.preset, "model.preset", "evaluation.math_tasks samples it with vLLM")
+    hf = export_final_hf(run, layout, evaluation.math_dtype)
+    rec["hf_model"] = layout.relative(hf)
+    from megasynth.generate.backends import make_engine
+
+    positions = read_json(hf / "config.json").get("max_position_embeddings") or evaluation.math_max_model_len
+    engine = make_engine(hf, dtype=evaluation.math_dtype, max_model_len=min(evaluation.math_max_model_len, positions),
+                         max_num_seqs=16, seed=run.train.seed)
+    try:
+        for task in todo:
+            t0 = time.monotonic()
+            samples = files.math_samples(step, task)
+            rows = evaluate_math(hf, [task], limit=evaluation.math_limit,
+                                 max_new_tokens=evaluation.math_max_new_tokens, engine=engine,
+                                 samples_path=samples, seed=run.train.seed)
+            rec["tasks"][task] = {"settings": _math_settings(evaluation), "rows": rows,
+                                  "samples": layout.relative(samples), "seconds": round(time.monotonic() - t0, 3)}
+            write_json(files.math(step), rec)  # each finished task survives an interruption of the next
+    finally:
+        engine.shutdown()
+    return rec

@@ -144,6 +144,27 @@ def preset_of(shape: LlamaShape) -> Optional[str]:
     return None
 
 
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+"""Head dimensions vLLM's CPU attention backend serves (``CPUAttentionBackend.get_supported_head_sizes`` in
+``vllm/v1/attention/backends/cpu_attn.py`` of the vllm-cpu release the CPU pins install). Exported models are
+sampled with vLLM (the math evaluation, the recursive loop); a preset outside this list cannot be served there."""
+
+
+def check_vllm_head_dim(preset: str, where: str, why: str) -> None:
+    """Refuse ``preset`` when vLLM's CPU attention cannot serve its head dimension.
+
+    Raises:
+        MegasynthError: ``<where>: preset 'llama3-micro' has head_dim 16, which vLLM's CPU attention cannot serve
+            (supported: 32, 64, ...); <why>``.
+    """
+    from megasynth.utils import MegasynthError
+
+    d = get_preset(preset).kv_channels
+    if d not in VLLM_CPU_HEAD_SIZES:
+        raise MegasynthError(f"{where}: preset {preset!r} has head_dim {d}, which vLLM's CPU attention cannot serve "
+                             f"(supported: {', '.join(map(str, VLLM_CPU_HEAD_SIZES))}); {why}")
+
+
 def get_preset(name: str) -> LlamaShape:
     """Return the named shape; raise :class:`~megasynth.utils.MegasynthError` for an unknown name."""
     from megasynth.utils import MegasynthError

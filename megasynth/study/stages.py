@@ -96,11 +96,15 @@ STAGES: tuple[Stage, ...] = (
           run="megasynth.data:run_mix", done="megasynth.data:mix_done",
           done_when="every mixture file is marked and was written for the study's shares",
           requires=("preprocess",), reads="`tokenized/<name>.stats.json`", writes="`mixtures/<mix>.json`"),
-    Stage("train", "train one Llama-3 megatron-core model per planned run (per mixture, or the sweep's grid)",
+    Stage("train", "train one Llama-3 megatron-core model per planned run (per mixture, or the sweep's grid; with "
+          "base:, the base model first)",
           run="megasynth.study.runs:train_runs", done="megasynth.study.runs:runs_done",
-          done_when="every planned run's `summary.json` is marked and its `run.yaml` matches the run",
-          requires=("mix",), reads="`mixtures/<mix>.json`, `tokenized/` (a WSD branch: its trunk's checkpoint)",
-          writes="`runs/<run_id>/{run.yaml, tb/, checkpoints/, metrics.jsonl, evals.jsonl, summary.json}`"),
+          done_when="every planned run's (and the base run's) `summary.json` is marked and its `run.yaml` matches "
+                    "the run; an imported `base.hf_model` is marked",
+          requires=("mix",), reads="`mixtures/<mix>.json`, `tokenized/` (a WSD branch: its trunk's checkpoint; with "
+                                   "`base:`, `runs/base/checkpoints/` or `base/megatron/`), `base.hf_model`",
+          writes="`runs/<run_id>/{run.yaml, tb/, checkpoints/, metrics.jsonl, evals.jsonl, summary.json}`, "
+                 "`base/megatron/` (an imported `base.hf_model`)"),
     Stage("collapse", "the recursive loop: train on natural text, generate with the trained model, train on that "
           "(collapse.generations rounds)",
           run="megasynth.study.collapse:run_collapse", done="megasynth.study.collapse:collapse_done",
@@ -109,14 +113,16 @@ STAGES: tuple[Stage, ...] = (
           writes="`collapse/g<k>/{generator/, synthetic/<style>/}`, `tokenized/collapse-g<k>_text_document.{bin,idx}`, "
                  "`mixtures/collapse-g<k>.json`, `runs/collapse-g<k>/`",
           skip_if=lambda cfg: None if cfg.collapse.generations else "collapse.generations: 0"),
-    Stage("evaluate", "evaluate downstream tasks on each run's final checkpoint (evaluation.tasks, --tasks; cached) "
-          "and collect every run's held-out and task metrics into results.csv",
+    Stage("evaluate", "evaluate downstream tasks (evaluation.tasks, --tasks) and generative math (evaluation."
+          "math_tasks, vLLM) on each run's final checkpoint (cached) and collect every run's held-out, task and math "
+          "metrics into results.csv",
           run="megasynth.study.runs:evaluate_runs", done="megasynth.study.runs:results_done",
-          done_when="every finished run's final checkpoint has a cached result of each `evaluation.tasks` task and "
-                    "the marker's SHA-256 of the finished runs' files is current",
+          done_when="every finished run's final checkpoint has a cached result of each `evaluation.tasks` and "
+                    "`evaluation.math_tasks` task and the marker's SHA-256 of the finished runs' files is current",
           requires=("train", "collapse"),
           reads="`runs/<run_id>/{summary.json, evals.jsonl, checkpoints/}`",
-          writes="`runs/<run_id>/downstream/iter_NNNNNNN.json`, `results.csv`"),
+          writes="`runs/<run_id>/downstream/iter_NNNNNNN.json`, `runs/<run_id>/hf/iter_NNNNNNN/` (HF export), "
+                 "`runs/<run_id>/math/iter_NNNNNNN.json` (+ `.<task>.samples.jsonl`), `results.csv`"),
     Stage("report", "fit L(D) = E + B/D^beta per mixture and eval set; downstream, unigram and model-collapse "
           "sections; write report/report.md and plots",
           run="megasynth.analysis.report:run_report", done="megasynth.analysis.report:report_up_to_date",
@@ -124,8 +130,8 @@ STAGES: tuple[Stage, ...] = (
                     "is current",
           requires=("evaluate",),
           reads="`results.csv`, `mixtures/*.json`, `tokenized/`, `runs/<run_id>/token_losses/`",
-          writes="`fits/data_law.json` (+ more fits, `fits/unigrams.json`, `fits/collapse.json`), `report/report.md`, "
-                 "`report/*.png`"),
+          writes="`fits/data_law.json` (+ more fits, `fits/unigrams.json`, `fits/collapse.json`, `fits/cpt_laws.json`, "
+                 "`fits/synthllm_levels.json`), `report/report.md`, `report/*.png`"),
 )
 """The stages in the order ``megasynth run`` runs them."""
 

@@ -131,6 +131,9 @@ def _run(args, argv) -> int:
     record_invocation(layout, cfg, "sweep-run", ["sweep", "run", *argv[2:]], overrides, args.study)
     _data_stages(args.study, overrides)
     complete = write_run_files(runs, layout)
+    from megasynth.study.runs import ensure_base
+
+    ensure_base(cfg, layout)  # the base model every run continues from (base:), trained or imported once, here
     log.info("sweep: %d runs in %d tasks (%d complete), executor %s", len(runs), len(tasks), len(complete),
              cfg.sweep.executor.type)
     executor.run(tasks, layout, cfg)

@@ -408,8 +408,8 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     if not resume and t.init_from:  # continued pre-training: weights only, fresh optimizer and LR schedule
         from megasynth.model.convert import load_pretrained
 
-        load_pretrained(state.model, t.init_from, state.shape, tokenizer.vocab_size, state.optimizer,
-                        preset=run.model.preset)
+        load_pretrained(state.model, init_source(t.init_from, layout), state.shape, tokenizer.vocab_size,
+                        state.optimizer, preset=run.model.preset)
     if resume:
         logger.info("%s: resuming from step %d (%s)", name, first, ckpt_root)
     logger.info("%s: %s, %d params (%d non-embedding), %d steps x %d tokens, %d micro batches/step, "
@@ -496,6 +496,27 @@ def train_one(run: RunConfig, layout: StudyLayout) -> dict:
     logger.info("%s: done in %.0fs, final loss %.4f, %.0f tokens/s", name, summary["wall_s"], loss,
                 summary["tokens_per_s"])
     return summary
+
+
+def init_source(init_from: str, layout: StudyLayout):
+    """The checkpoint ``train.init_from`` names: the path itself, or for ``study:base`` the study's base model
+    (``base/megatron/`` when ``base.hf_model`` was imported, else the final checkpoint of run ``base``).
+
+    Raises:
+        MegasynthError: ``study:base`` before the base model is imported or trained.
+    """
+    from megasynth.config import BASE_INIT, BASE_RUN_ID
+    from megasynth.utils import is_done
+
+    if init_from != BASE_INIT:
+        return init_from
+    if is_done(layout.base_import):
+        return layout.base_import
+    files = layout.run(BASE_RUN_ID)
+    if is_done(files.summary):
+        return files.checkpoints
+    raise MegasynthError(f"train.init_from: {BASE_INIT}, but the study's base model is neither imported "
+                         f"({layout.base_import}) nor trained ({files.dir}); run the train stage, which prepares it first")
 
 
 def run_train(runs: list[RunConfig], layout: StudyLayout) -> None:
