@@ -79,7 +79,9 @@ def main() -> int:
     try:
         cfg = StudyConfig.from_yaml(make_study(tmp, args.jobs, args.budgets))
         layout = prepare_study_dir(cfg)
-        for stage in ("corpora", "preprocess", "mix"):
+        from megasynth.study.sweep_cli import data_stages
+
+        for stage in data_stages():  # generation is off in this study: that stage skips itself
             run_stage(stage, cfg, layout, alone=False)
         runs = plan_runs(cfg)
         tasks = plan_tasks(cfg, runs)
