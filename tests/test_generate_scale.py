@@ -83,7 +83,8 @@ def _outputs(layout: StudyLayout, source: str) -> tuple[list[dict], list[dict]]:
 # ------------------------------------------------------------------------------------------ filters on real output
 def test_degeneracy_filters_and_near_dedup_on_real_engine_output(tmp_path, tiny_generator_dir, engine):
     """Greedy decoding of a random model falls into loops: degenerate and near-duplicate outputs, filtered."""
-    from megasynth.data.near_dedup import NearDedupIndex, NearDedupSettings
+    from megasynth.config import DedupConfig
+    from megasynth.data.near_dedup import NearDedupIndex
     from megasynth.generate import run_generate
 
     seen = {}
@@ -108,7 +109,7 @@ def test_degeneracy_filters_and_near_dedup_on_real_engine_output(tmp_path, tiny_
             for r in kept:  # what is kept passes the filters; what is filtered gives its reason again
                 assert filter_reason(r["text"], r["finish_reason"], **check) is None
             ids = {r["id"] for r in kept}
-            index = NearDedupIndex(NearDedupSettings())
+            index = NearDedupIndex(DedupConfig())
             for r in rejected:
                 if r["reason"] == "near_duplicate":
                     assert filter_reason(r["text"], r["finish_reason"], **check) is None

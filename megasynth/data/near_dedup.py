@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from megasynth.config import DedupConfig
 from megasynth.utils import MegasynthError
 
 _PUNCT = re.compile(r"[^\w\s]|_")
@@ -65,48 +65,19 @@ def shingles(text: str, ngram_size: int = 5) -> list[bytes]:
                               for i in range(len(ws) - ngram_size + 1)))
 
 
-@dataclass(frozen=True)
-class NearDedupSettings:
-    """Settings of :class:`NearDedupIndex` (see the module docstring for the sources of the defaults)."""
-
-    threshold: float = 0.72
-    """Jaccard similarity of word shingle sets at or above which a record is a near duplicate."""
-    ngram_size: int = 5
-    """Words per shingle."""
-    num_perm: int = 112
-    """MinHash permutations (hash functions)."""
-    bands: Optional[int] = None
-    """LSH bands; ``None`` lets datasketch choose bands × rows for ``threshold``; rows = num_perm // bands."""
-    verify: bool = True
-    """Confirm LSH candidates with the MinHash Jaccard estimate (>= threshold)."""
-    seed: int = 1
-    """Seed of the MinHash permutations (the same seed gives the same sketches everywhere)."""
-
-    def check(self, where: str = "generation.dedup") -> None:
-        """Raise :class:`MegasynthError` naming the field if a value is out of range."""
-        if not 0.0 < self.threshold <= 1.0:
-            raise MegasynthError(f"{where}.threshold: must be in (0, 1], got {self.threshold}")
-        if self.ngram_size < 1:
-            raise MegasynthError(f"{where}.ngram_size: must be >= 1, got {self.ngram_size}")
-        if self.num_perm < 4:
-            raise MegasynthError(f"{where}.num_perm: must be >= 4, got {self.num_perm}")
-        if self.bands is not None and not 2 <= self.bands <= self.num_perm:
-            raise MegasynthError(f"{where}.bands: must be in [2, num_perm], got {self.bands}")
-
-
 class NearDedupIndex:
     """A growing MinHash LSH index of kept records.
 
     Example:
-        >>> idx = NearDedupIndex(NearDedupSettings(threshold=0.8))
+        >>> idx = NearDedupIndex(DedupConfig(threshold=0.8))
         >>> idx.offer("a", text_a)        # None: new, kept and indexed
         >>> idx.offer("b", near_copy_of_a)  # "a": a near duplicate of kept record "a"; drop it
         >>> idx.counts()  # {"checked": 2, "kept": 1, "near_duplicates": 1, ...}
     """
 
-    def __init__(self, settings: NearDedupSettings | None = None):
-        self.settings = s = settings or NearDedupSettings()
-        s.check()
+    def __init__(self, settings: DedupConfig | None = None):
+        self.settings = s = settings or DedupConfig()  # ``enabled`` is the caller's switch, not read here
+        s.validate("generation.dedup")
         ds = _require_datasketch()
         self._MinHash = ds.MinHash
         params = (s.bands, s.num_perm // s.bands) if s.bands else None
@@ -184,7 +155,7 @@ class NearDedupIndex:
                 "num_perm": s.num_perm, "bands": self.bands, "rows": self.rows, "verify": s.verify}
 
 
-def dedup_records(records: Iterable[dict], settings: NearDedupSettings | None = None, *, key: str = "id",
+def dedup_records(records: Iterable[dict], settings: DedupConfig | None = None, *, key: str = "id",
                   text: str = "text", index: NearDedupIndex | None = None) -> Iterator[dict]:
     """Yield the records of ``records`` that are not near duplicates of an earlier kept one (in order).
 

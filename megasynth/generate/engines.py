@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,9 +37,9 @@ def start_engine(gen, spec: GeneratorSpec, seed: int, *, record_dir: Optional[Pa
         MegasynthError: vllm missing; a server endpoint unreachable after its retries (named), a key refused.
     """
     if gen.backend == "server":
-        from megasynth.generate.backends.server import ServerSettings, make_server_engine
+        from megasynth.generate.backends.server import make_server_engine
 
-        return make_server_engine(ServerSettings(**asdict(gen.server)), where=f"{where}.server")
+        return make_server_engine(gen.server, where=f"{where}.server")
     from megasynth.generate.backends.offline import make_engine
     from megasynth.generate.shm import EngineShm
 

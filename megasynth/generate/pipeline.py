@@ -450,13 +450,10 @@ class _Queue:
         """The source's near-dedup index, grown with every complete shard not indexed yet (any rank's)."""
         if not self.g.dedup.enabled:
             return None
-        from megasynth.data.near_dedup import NearDedupIndex, NearDedupSettings
+        from megasynth.data.near_dedup import NearDedupIndex
 
-        d = self.g.dedup
         if source not in self.dedup:
-            self.dedup[source] = NearDedupIndex(NearDedupSettings(threshold=d.threshold, ngram_size=d.ngram_size,
-                                                                  num_perm=d.num_perm, bands=d.bands,
-                                                                  verify=d.verify, seed=d.seed))
+            self.dedup[source] = NearDedupIndex(self.g.dedup)
             self.indexed[source], self.ids[source] = set(), {}
         idx, seen, ids = self.dedup[source], self.indexed[source], self.ids[source]
         for k in range(self.plan.num_shards):

