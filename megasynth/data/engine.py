@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import psutil
 
 from megasynth.data.encode import EncodeSpec, encode_chunk, worker_pool
 from megasynth.data.indexed import IndexedWriter, select_docs, write_index
@@ -56,18 +57,8 @@ def clean_stale_tmp(final_prefix: Path) -> None:
             pid = int(p.name.rsplit(".tmp", 1)[1].split(".")[0])
         except ValueError:
             continue
-        if pid == os.getpid() or not _alive(pid):
+        if pid == os.getpid() or not psutil.pid_exists(pid):
             p.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_engine(inputs: Sequence[Path], prefixes: dict[str, Path], spec: EncodeSpec, workers: int = 1,

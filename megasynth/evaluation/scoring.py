@@ -282,7 +282,6 @@ def score_rows(model: torch.nn.Module, rows: Sequence[Row], *, max_batch_tokens:
     Raises:
         MegasynthError: pipeline or sequence parallelism; a row with ``n_scored`` outside ``[1, len]``.
     """
-    import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     _check_layout(model)
@@ -328,12 +327,20 @@ def score_rows(model: torch.nn.Module, rows: Sequence[Row], *, max_batch_tokens:
         model.train(was_training)
         if bar:
             bar.close()
+    _gather_over_dp(results, dp)
+    return [results[i] for i in range(len(rows))]
+
+
+def _gather_over_dp(results: dict, dp: int) -> None:
+    """Merge into ``results`` (row index -> result) every data-parallel rank's share of the rows."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
     if dp > 1:
         gathered: list = [None] * dp
         dist.all_gather_object(gathered, results, group=ps.get_data_parallel_group())
         for part in gathered:
             results.update(part)
-    return [results[i] for i in range(len(rows))]
 
 
 def score_requests(model: torch.nn.Module, requests: Sequence[Request], seq_length: int | None = None, *,
@@ -440,7 +447,6 @@ def score_shared_context(model: torch.nn.Module, requests: Sequence[Request], gr
         ``{request index: (loss [len(continuation)], greedy [len(continuation)])}`` for every member of
         every group, on every DP rank.
     """
-    import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.inference.contexts import StaticInferenceContext
 
@@ -537,11 +543,7 @@ def score_shared_context(model: torch.nn.Module, requests: Sequence[Request], gr
         model.train(was_training)
         if bar:
             bar.close()
-    if dp > 1:
-        gathered: list = [None] * dp
-        dist.all_gather_object(gathered, results, group=ps.get_data_parallel_group())
-        for part in gathered:
-            results.update(part)
+    _gather_over_dp(results, dp)
     return results
 
 

@@ -26,6 +26,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import psutil
+
 from megasynth.layout import RunLayout
 from megasynth.utils import MegasynthError, is_done, write_json
 
@@ -101,16 +103,6 @@ def recorded_attempt(files: RunLayout, run_id: str, enabled: bool = True) -> Ite
     write_json(files.attempt, {**record, "end": _utc(), "exit_code": 0, "state": "done"})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _last_jsonl(path: Path) -> Optional[dict]:
     """The last complete JSON line of ``path`` (read from the end), or None."""
     try:
@@ -166,7 +158,7 @@ def run_state(files: RunLayout, train_iters: Optional[int] = None) -> dict[str, 
     attempt = _read(files.attempt)
     if attempt is not None and "end" not in attempt:
         here = attempt.get("host") == socket.gethostname()
-        if not here or _pid_alive(int(attempt.get("pid", -1))):
+        if not here or psutil.pid_exists(int(attempt.get("pid", -1))):
             out["state"] = "running"
             try:
                 start = datetime.datetime.fromisoformat(attempt["start"])

@@ -85,15 +85,15 @@ def _eval_forward_step(token_bytes: torch.Tensor, data_iterator, model):
     return output, partial(_eval_loss_func, batch["loss_mask"], byte_counts)
 
 
-def _reduce_sums(outputs: list, key: str, width: int) -> torch.Tensor:
-    """Sum the schedule's ``{key: [width]}`` reports over micro batches and data-parallel ranks, in float64,
+def _reduce_sums(outputs: list, key: str, width: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Sum the schedule's ``{key: [width]}`` reports over micro batches and data-parallel ranks, in ``dtype``,
     known on every rank (the reports exist only on the last pipeline stage; broadcast over the pipeline)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     last = ps.is_pipeline_last_stage(ignore_virtual=True)
-    total = (torch.stack([o[key] for o in outputs]).sum(0).double() if (last and outputs)
-             else torch.zeros(width, dtype=torch.float64))
+    total = (torch.stack([o[key] for o in outputs]).sum(0).to(dtype) if (last and outputs)
+             else torch.zeros(width, dtype=dtype))
     if torch.cuda.is_available():
         total = total.cuda()
     if last and ps.get_data_parallel_world_size() > 1:
@@ -108,20 +108,9 @@ def _reduce_loss(outputs: list) -> float:
     """Mean loss per token over micro batches and data-parallel ranks, known on every rank.
 
     ``outputs`` are the schedule's ``{"lm loss": [loss_sum, tokens]}`` (non-empty only on the last
-    pipeline stage); the sums are all-reduced over DP there and broadcast over the pipeline group.
+    pipeline stage); the sums are all-reduced over DP in float32 there and broadcast over the pipeline group.
     """
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    last = ps.is_pipeline_last_stage(ignore_virtual=True)
-    total = torch.stack([o["lm loss"] for o in outputs]).sum(0).float() if (last and outputs) else torch.zeros(2)
-    if torch.cuda.is_available():
-        total = total.cuda()
-    if last and ps.get_data_parallel_world_size() > 1:
-        dist.all_reduce(total, group=ps.get_data_parallel_group())
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
-                       group=ps.get_pipeline_model_parallel_group())
+    total = _reduce_sums(outputs, "lm loss", 2, dtype=torch.float32)
     return float(total[0] / torch.clamp(total[1], min=1))
 
 
