@@ -185,22 +185,17 @@ def evaluate_runs(cfg: StudyConfig, layout: StudyLayout, run_ids: list[str] | No
 
     runs = study_runs(cfg)
     chosen = select_runs(runs, run_ids)
-    if cfg.evaluation.tasks:
-        from megasynth.evaluation.checkpoints import evaluate_run_checkpoint
+    if cfg.evaluation.tasks or cfg.evaluation.math_tasks:
+        from megasynth.evaluation.checkpoints import evaluate_run_checkpoint, evaluate_run_math
 
         for run in chosen:
             if not layout.run(run.run_id).summary.is_file():
-                logger.warning("run %s is not finished: no downstream evaluation", run.run_id)
+                logger.warning("run %s is not finished: no downstream or math evaluation", run.run_id)
                 continue
-            evaluate_run_checkpoint(run, layout, cfg.evaluation)
-    if cfg.evaluation.math_tasks:
-        from megasynth.evaluation.checkpoints import evaluate_run_math
-
-        for run in chosen:
-            if not layout.run(run.run_id).summary.is_file():
-                logger.warning("run %s is not finished: no math evaluation", run.run_id)
-                continue
-            evaluate_run_math(run, layout, cfg.evaluation)
+            if cfg.evaluation.tasks:
+                evaluate_run_checkpoint(run, layout, cfg.evaluation)
+            if cfg.evaluation.math_tasks:
+                evaluate_run_math(run, layout, cfg.evaluation)
     run_evaluate(runs, layout)
 
 

@@ -239,13 +239,9 @@ def train_step(model, optimizer, scheduler, data_iterator, num_microbatches: int
     return _reduce_loss(outputs), (float(grad_norm) if grad_norm is not None else None), bool(ok)
 
 
-@torch.no_grad()
-def eval_step(model, data_iterator, num_microbatches: int, seq_length: int, micro_batch_size: int) -> float:
-    """Mean validation loss (nats/token) of ``num_microbatches`` micro batches, forward only, on every rank.
-
-    ``model`` is the list of model chunks (put in eval mode for the pass and back in train mode after);
-    ``data_iterator`` as in :func:`train_step`.
-    """
+def _forward_only(model, forward_step_func, data_iterator, num_microbatches: int, seq_length: int,
+                  micro_batch_size: int) -> list:
+    """The pipeline schedule's outputs of a forward-only pass (model chunks in eval mode for it, train mode after)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megasynth.model import cpu_compat
@@ -255,13 +251,23 @@ def eval_step(model, data_iterator, num_microbatches: int, seq_length: int, micr
         c.eval()
     try:
         with cpu_compat.cpu_device_mode():
-            outputs = get_forward_backward_func()(
-                forward_step_func=_forward_step, data_iterator=data_iterator, model=chunks,
+            return get_forward_backward_func()(
+                forward_step_func=forward_step_func, data_iterator=data_iterator, model=chunks,
                 num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
                 forward_only=True)
     finally:
         for c in chunks:
             c.train()
+
+
+@torch.no_grad()
+def eval_step(model, data_iterator, num_microbatches: int, seq_length: int, micro_batch_size: int) -> float:
+    """Mean validation loss (nats/token) of ``num_microbatches`` micro batches, forward only, on every rank.
+
+    ``model`` is the list of model chunks (put in eval mode for the pass and back in train mode after);
+    ``data_iterator`` as in :func:`train_step`.
+    """
+    outputs = _forward_only(model, _forward_step, data_iterator, num_microbatches, seq_length, micro_batch_size)
     return _reduce_loss(outputs)
 
 
@@ -276,21 +282,7 @@ def eval_sums(model, data_iterator, num_microbatches: int, seq_length: int, micr
     ``Σ nats / (ln 2 · bytes)`` is the bits per byte of exactly the text the sampled tokens spell.
     ``model`` and ``data_iterator`` as in :func:`train_step`.
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from megasynth.model import cpu_compat
-
-    chunks = _as_list(model)
-    for c in chunks:
-        c.eval()
-    try:
-        with cpu_compat.cpu_device_mode():
-            outputs = get_forward_backward_func()(
-                forward_step_func=partial(_eval_forward_step, token_bytes), data_iterator=data_iterator,
-                model=chunks, num_microbatches=num_microbatches, seq_length=seq_length,
-                micro_batch_size=micro_batch_size, forward_only=True)
-    finally:
-        for c in chunks:
-            c.train()
+    outputs = _forward_only(model, partial(_eval_forward_step, token_bytes), data_iterator, num_microbatches,
+                            seq_length, micro_batch_size)
     nats, tokens, nbytes = _reduce_sums(outputs, "eval sums", 3).tolist()
     return nats, int(round(tokens)), int(round(nbytes))
