@@ -40,15 +40,14 @@ def start_engine(gen, spec: GeneratorSpec, seed: int, *, record_dir: Optional[Pa
         from megasynth.generate.backends.server import make_server_engine
 
         return make_server_engine(gen.server, where=f"{where}.server")
-    from megasynth.generate.backends.offline import make_engine
+    from megasynth.generate.backends.offline import engine_from_config
     from megasynth.generate.shm import EngineShm
 
     rec = EngineShm(record_dir) if record_dir is not None else None
     if rec is not None:
         rec.start()
     try:
-        eng = make_engine(spec.path, dtype=gen.dtype, tensor_parallel_size=gen.tensor_parallel_size,
-                          max_model_len=gen.max_model_len, max_num_seqs=gen.max_num_seqs, seed=seed, **llm_kwargs)
+        eng = engine_from_config(gen, spec.path, seed, **llm_kwargs)
     except BaseException:
         if rec is not None:  # a failed or interrupted start: vLLM has stopped what it started
             rec.started(f"{spec.name} (failed start)")

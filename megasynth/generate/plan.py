@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -193,11 +193,6 @@ class GenerationPlan:
         """``sample`` (one excerpt per document) or ``corpus`` (every excerpt)."""
         return "sample" if self.sample else "corpus"
 
-    def identity(self) -> dict:
-        """What the shards' contents depend on (not ``limit``: more documents only add shards)."""
-        return {"corpus_documents": self.documents, "mode": self.mode, "seed": self.seed,
-                "shard_size": self.shard_size, "max_input_tokens": self.max_input_tokens}
-
     def shard_positions(self, k: int) -> range:
         return range(k * self.shard_size, min((k + 1) * self.shard_size, self.limit))
 
@@ -298,7 +293,3 @@ def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, num_shards, world_size))
 
 
-def iter_rank_excerpts(plan: GenerationPlan, tokenizer, shards: list[int]) -> Iterator[list[PlannedExcerpt]]:
-    """``plan.excerpts(k)`` for each shard of ``shards`` in order (one shard in memory at a time)."""
-    for k in shards:
-        yield plan.excerpts(k, tokenizer)

@@ -2,7 +2,7 @@
 
 - :func:`train_one` (one :class:`~megasynth.config.RunConfig`) and :func:`run_train` (the ``train`` stage over
   planned runs): :mod:`.run`; :func:`check_run_dir` (a run directory's identity and completion): :mod:`.record`.
-- :func:`setup_model_and_optimizer`, :func:`train_step`, :func:`eval_step`: :mod:`.step`.
+- :func:`setup_model_and_optimizer`, :func:`train_step`: :mod:`.step` (and its forward-only :func:`~megasynth.train.step.eval_sums`).
 - :class:`StopSignal`, :class:`TrainingInterrupted` (SIGTERM/SIGUSR1): :mod:`.signals`.
 - :class:`MetricsLogger` (``metrics.jsonl``, ``evals.jsonl``, TensorBoard, console): :mod:`.metrics`.
 - :func:`save_checkpoint`, :func:`load_checkpoint` (megatron-core ``dist_checkpointing``; full, resumable,
@@ -24,7 +24,6 @@ _EXPORTS = {
     "check_run_dir": "record",
     "setup_model_and_optimizer": "step",
     "train_step": "step",
-    "eval_step": "step",
     "StopSignal": "signals",
     "TrainingInterrupted": "signals",
     "parallel_plan": "parallel",

@@ -9,7 +9,7 @@
   to ``min_lr`` at ``train_iters``).
 - :func:`train_step`: ``get_forward_backward_func()`` over ``global_batch_size / (micro_batch_size · dp)``
   micro batches (gradient accumulation), then the optimizer and the scheduler.
-- :func:`eval_step`: the same schedule, forward only; :func:`eval_sums` also counts the UTF-8 bytes of the
+- :func:`eval_sums`: the same schedule, forward only: summed nats, tokens and the UTF-8 bytes of the
   predicted tokens (for bits per byte).
 
 Loss: mean token cross-entropy in nats over the tokens of the step (``loss_mask`` excludes padding).
@@ -258,17 +258,6 @@ def _forward_only(model, forward_step_func, data_iterator, num_microbatches: int
     finally:
         for c in chunks:
             c.train()
-
-
-@torch.no_grad()
-def eval_step(model, data_iterator, num_microbatches: int, seq_length: int, micro_batch_size: int) -> float:
-    """Mean validation loss (nats/token) of ``num_microbatches`` micro batches, forward only, on every rank.
-
-    ``model`` is the list of model chunks (put in eval mode for the pass and back in train mode after);
-    ``data_iterator`` as in :func:`train_step`.
-    """
-    outputs = _forward_only(model, _forward_step, data_iterator, num_microbatches, seq_length, micro_batch_size)
-    return _reduce_loss(outputs)
 
 
 @torch.no_grad()
