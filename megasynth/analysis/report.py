@@ -129,7 +129,9 @@ def _series(cfg: StudyConfig, rows: list[ResultRow]) -> list[Series]:
     return [Series(m, p, f"{m} ({p})" if multi else m) for m, p in keys]
 
 
-def _inputs_hash(cfg: StudyConfig, layout: StudyLayout, mixtures: list[str], options: dict) -> str:
+def _inputs_hash(cfg: StudyConfig, layout: StudyLayout, mixtures: list[str], options: dict, all_rows: list) -> str:
+    """SHA-256 of everything the report reads: results.csv (``all_rows``: its rows, already read), the
+    mixtures' files, unigram inputs, the decontamination report and the report's settings."""
     h = hashlib.sha256()
     h.update(layout.results.read_bytes())
     for name in mixtures:
@@ -137,7 +139,7 @@ def _inputs_hash(cfg: StudyConfig, layout: StudyLayout, mixtures: list[str], opt
         h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b"<missing>"))
     from megasynth.analysis.report_evaluation import unigram_inputs
 
-    for p in unigram_inputs(cfg, layout, read_results(layout.results)):  # tokenized stats, run summaries
+    for p in unigram_inputs(cfg, layout, all_rows):  # tokenized stats, run summaries
         h.update(str(p).encode() + b"\0" + (p.read_bytes() if p.exists() else b"<missing>"))
     decon = layout.decontamination_report
     h.update(decon.read_bytes() if decon.exists() else b"<no decontamination>")
@@ -162,10 +164,10 @@ def _outputs(layout: StudyLayout) -> list:
     return [layout.fit("data_law"), layout.report, layout.report_file(LOSS_PLOT), layout.report_file(BAR_PLOT)]
 
 
-def _digest(cfg: StudyConfig, layout: StudyLayout, series: list[Series]) -> str:
+def _digest(cfg: StudyConfig, layout: StudyLayout, series: list[Series], all_rows: list) -> str:
     min_points, fit_opts = _options(cfg)
     mixtures = list(dict.fromkeys(s.mixture for s in series))
-    return _inputs_hash(cfg, layout, mixtures, {"min_points": min_points, **fit_opts})
+    return _inputs_hash(cfg, layout, mixtures, {"min_points": min_points, **fit_opts}, all_rows)
 
 
 def report_up_to_date(cfg: StudyConfig, layout: StudyLayout) -> bool:
@@ -173,8 +175,9 @@ def report_up_to_date(cfg: StudyConfig, layout: StudyLayout) -> bool:
     if not (layout.results.exists() and all(p.exists() for p in _outputs(layout))
             and is_done(layout.report) and is_done(layout.fit("data_law"))):
         return False
-    rows = metric_rows(read_results(layout.results), "loss")
-    return read_json(marker_path(layout.report)).get("inputs_sha256") == _digest(cfg, layout, _series(cfg, rows))
+    all_rows = read_results(layout.results)
+    series = _series(cfg, metric_rows(all_rows, "loss"))
+    return read_json(marker_path(layout.report)).get("inputs_sha256") == _digest(cfg, layout, series, all_rows)
 
 
 def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
@@ -196,7 +199,7 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     fits_path, md_path = layout.fit("data_law"), layout.report
     outputs = _outputs(layout)
     min_points, fit_opts = _options(cfg)
-    digest = _digest(cfg, layout, series)
+    digest = _digest(cfg, layout, series, all_rows)
 
     eval_sets = sorted({r.eval_set for r in rows},
                        key=lambda e: (cfg.eval_sets.index(e) if e in cfg.eval_sets else len(cfg.eval_sets), e))

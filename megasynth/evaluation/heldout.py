@@ -111,6 +111,15 @@ def read_documents(prefix: str | Path, max_documents: Optional[int] = None) -> t
     return np.arange(n_docs, dtype=np.int64), docs
 
 
+def document_text_bytes(docs: Sequence[np.ndarray], tokenizer) -> np.ndarray:
+    """UTF-8 bytes of each document's text, ``[num_documents]`` int64 (0 for an empty document): the
+    ``detokenize`` of its tokens without the final ``eod`` (exact for the byte-level BPE and Llama-3
+    tokenizers). ``docs`` as :func:`read_documents` returns them."""
+    eod = tokenizer.eod
+    return np.asarray([len(tokenizer.detokenize(t[:-1] if t[-1] == eod else t).encode("utf-8")) if len(t) else 0
+                       for t in docs], dtype=np.int64)
+
+
 def evaluate_documents(model: torch.nn.Module, prefix: str | Path, tokenizer, seq_length: Optional[int] = None, *,
                        max_documents: Optional[int] = None, document_bytes: Optional[Sequence[int]] = None,
                        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: Optional[str] = None) -> HeldoutResult:
@@ -138,14 +147,11 @@ def evaluate_documents(model: torch.nn.Module, prefix: str | Path, tokenizer, se
     seq_length = seq_length or unwrap(model).max_sequence_length
     doc_ids, docs = read_documents(prefix, max_documents)
     keep = [i for i, t in enumerate(docs) if len(t)]
-    if document_bytes is not None:
-        if len(document_bytes) < len(docs):
-            raise MegasynthError(f"document_bytes: {len(document_bytes)} values for {len(docs)} documents of {prefix}")
-        nbytes = [int(document_bytes[i]) for i in keep]
-    else:
-        eod = tokenizer.eod
-        nbytes = [len(tokenizer.detokenize(docs[i][:-1] if docs[i][-1] == eod else docs[i]).encode("utf-8"))
-                  for i in keep]
+    if document_bytes is None:
+        document_bytes = document_text_bytes(docs, tokenizer)
+    if len(document_bytes) < len(docs):
+        raise MegasynthError(f"document_bytes: {len(document_bytes)} values for {len(docs)} documents of {prefix}")
+    nbytes = [int(document_bytes[i]) for i in keep]
     rows, owner = [], []
     for j, i in enumerate(keep):
         for row in request_rows(Request([tokenizer.eod], docs[i].tolist()), seq_length, f"{prefix}: document {i}"):

@@ -95,6 +95,8 @@ class EvaluatorCallback(Callback):
                         ", ".join(f"{x.name} ({x.num_instances} instances)" for x in self.tasks),
                         sum(len(x.requests) for x in self.tasks))
         self.final_documents: dict[str, dict] = {}
+        self.document_bytes: dict[str, Any] = {}
+        """Per eval set, the UTF-8 bytes of each scored document (detokenized once, reused by every evaluation)."""
         self.seconds = {"heldout": 0.0, "token_losses": 0.0, "downstream": 0.0}
         """Wall seconds of this invocation's evaluations: held-out sets (sampled or documents), the final
         document pass for per-token losses when the evaluations are sampled, downstream tasks."""
@@ -158,10 +160,13 @@ class EvaluatorCallback(Callback):
         return self.state.model[0]
 
     def _documents(self, name: str):
-        from megasynth.evaluation.heldout import evaluate_documents
+        from megasynth.evaluation.heldout import document_text_bytes, evaluate_documents, read_documents
 
-        return evaluate_documents(self._model, self.layout.tokenized_prefix(name), self.tokenizer,
-                                  self.run.train.seq_length, max_documents=self.run.evaluation.max_documents,
+        prefix, max_documents = self.layout.tokenized_prefix(name), self.run.evaluation.max_documents
+        if name not in self.document_bytes:
+            self.document_bytes[name] = document_text_bytes(read_documents(prefix, max_documents)[1], self.tokenizer)
+        return evaluate_documents(self._model, prefix, self.tokenizer, self.run.train.seq_length,
+                                  max_documents=max_documents, document_bytes=self.document_bytes[name],
                                   max_batch_tokens=self.run.evaluation.max_batch_tokens,
                                   progress=f"{self.run.run_id}: documents of {name}")
 

@@ -252,29 +252,13 @@ class _Run:
         Raises:
             MegasynthError: the checkpoint belongs to a run with different data/schedule/model settings.
         """
-        from megasynth.train.checkpoint import load_checkpoint, read_common
-
-        common = read_common(path)
-        want = _resume_key(self.run, self.vocab_size)
-        saved = common.get("resume_key", {})
-        diff = [k for k in want if saved.get(k) != want[k]]
-        if diff:
-            k = diff[0]
-            raise MegasynthError(f"{path}: saved with {k}={saved.get(k)!r}, now {want[k]!r}; move "
-                                 f"{path.parent.parent} away to restart this run")
-        old = common.get("layout", {})
-        same = (old.get("tp"), old.get("pp")) == (self.layout["tp"], self.layout["pp"])
-        common = load_checkpoint(self.model, path, self.optimizer, self.scheduler, load_rng=same)
+        common = self._read_checked(path, self.run, lambda k, old, new: (
+            f"{path}: saved with {k}={old!r}, now {new!r}; move {path.parent.parent} away to restart this run"))
         step = int(common["iteration"])
         if int(common.get("consumed_samples", -1)) != step * self.run.train.global_batch_size:
             raise MegasynthError(f"{path}: consumed_samples {common.get('consumed_samples')} does not match "
                                  f"iteration {step} x global_batch_size")
-        if not same:
-            from megasynth.model import cpu_compat
-
-            cpu_compat.manual_seed(self.run.train.seed + step)
-            logger.info("%s: resharded %s -> %s; RNG re-seeded", self.name, old, self.layout)
-        self._train_iter = None
+        self._load_state(path, common, self.scheduler)
         return step
 
     def load_branch(self, path: Path, source: RunConfig) -> int:
@@ -285,35 +269,53 @@ class _Run:
             MegasynthError: the checkpoint is not whole, is not at ``branch_from.step`` or was saved with other
                 data/model settings (named).
         """
-        from megasynth.train.checkpoint import check_checkpoint, load_checkpoint, read_common
+        from megasynth.train.checkpoint import check_checkpoint
 
         b = self.run.train.branch_from
         why = check_checkpoint(path)
         if why is not None:
             raise MegasynthError(f"{path}: cannot start branch {self.name!r} of run {b.run_id!r} from it: {why}")
-        common = read_common(path)
-        saved, want = common.get("resume_key", {}), _resume_key(source, self.vocab_size)
-        diff = [k for k in want if saved.get(k) != want[k]]
-        if diff:
-            raise MegasynthError(f"{path}: saved with {diff[0]}={saved.get(diff[0])!r}, but run {b.run_id!r} now has "
-                                 f"{want[diff[0]]!r}; retrain it")
+        common = self._read_checked(path, source, lambda k, old, new: (
+            f"{path}: saved with {k}={old!r}, but run {b.run_id!r} now has {new!r}; retrain it"))
         step = int(common["iteration"])
         if step != b.step or int(common.get("consumed_samples", -1)) != step * self.run.train.global_batch_size:
             raise MegasynthError(f"{path}: iteration {step} with {common.get('consumed_samples')} consumed samples, "
                                  f"not train.branch_from.step {b.step} x global_batch_size")
-        old = common.get("layout", {})
-        same = (old.get("tp"), old.get("pp")) == (self.layout["tp"], self.layout["pp"])
-        load_checkpoint(self.model, path, self.optimizer, None, load_rng=same)
+        self._load_state(path, common, None)
         # This run's schedule, advanced as the source's was (its saved step count: skipped steps do not count).
         self.scheduler.num_steps = 0
         self.scheduler.step(increment=int(common["opt_param_scheduler"]["num_steps"]))
+        return step
+
+    def _read_checked(self, path: Path, key_run: RunConfig, mismatch) -> dict:
+        """The common state of checkpoint ``path``, after checking its resume key against ``key_run``'s.
+
+        Raises:
+            MegasynthError: ``mismatch(field, saved value, wanted value)`` for the first field that differs.
+        """
+        from megasynth.train.checkpoint import read_common
+
+        common = read_common(path)
+        saved, want = common.get("resume_key", {}), _resume_key(key_run, self.vocab_size)
+        for k in want:
+            if saved.get(k) != want[k]:
+                raise MegasynthError(mismatch(k, saved.get(k), want[k]))
+        return common
+
+    def _load_state(self, path: Path, common: dict, scheduler) -> None:
+        """Load model, optimizer, ``scheduler`` (``None``: not) and, when the checkpoint's TP/PP layout is this
+        run's, the RNG state from ``path``; after a reshard the RNG is re-seeded from the seed and step."""
+        from megasynth.train.checkpoint import load_checkpoint
+
+        old = common.get("layout", {})
+        same = (old.get("tp"), old.get("pp")) == (self.layout["tp"], self.layout["pp"])
+        load_checkpoint(self.model, path, self.optimizer, scheduler, load_rng=same)
         if not same:
             from megasynth.model import cpu_compat
 
-            cpu_compat.manual_seed(self.run.train.seed + step)
+            cpu_compat.manual_seed(self.run.train.seed + int(common["iteration"]))
             logger.info("%s: resharded %s -> %s; RNG re-seeded", self.name, old, self.layout)
         self._train_iter = None
-        return step
 
     @property
     def lr(self) -> float:
