@@ -12,8 +12,6 @@ Writes JSON (and a PNG) and prints a short summary. Exit codes: 0 success, 2 bad
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 

@@ -57,13 +57,6 @@ FILTER_REASONS = (*REASONS, "near_duplicate")
 
 
 # ------------------------------------------------------------------------------------------------ completion
-def _generator_where(cfg: StudyConfig, name: str) -> str:
-    g = cfg.generation
-    if not g.generators:
-        return "generation"
-    return next(f"generation.generators[{i}]" for i, x in enumerate(g.generators) if x.name == name)
-
-
 def source_plan(cfg: StudyConfig, style: str, gen: GeneratorConfig) -> dict:
     """What a style source's shards depend on, from the config (``plan.json``; see :func:`check_source_plan`)."""
     g = cfg.generation

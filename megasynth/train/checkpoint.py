@@ -357,7 +357,6 @@ def check_checkpoint(path: str | Path) -> Optional[str]:
         A one-line reason (e.g. ``"metadata.json missing"``, ``"shard __0_1.distcp is 0 bytes, the index
         needs 1029301"``) or None.
     """
-    from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.core import maybe_load_config
 
     path = Path(path)
