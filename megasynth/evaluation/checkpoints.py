@@ -78,8 +78,13 @@ def cached_results(files: "RunLayout", tokenizer_id: Optional[str] = None, seq_l
 
 def missing_tasks(files: "RunLayout", evaluation: "EvaluationConfig") -> list[str]:
     """Tasks of ``evaluation`` without a current cached result (same ``limit``) for the run's final checkpoint."""
-    tasks = cached_results(files).get("tasks", {})
-    return [t for t in evaluation.tasks if t not in tasks or tasks[t].get("limit") != evaluation.limit]
+    return [t for _, t in _todo(cached_results(files).get("tasks", {}), evaluation)]
+
+
+def _todo(cached: dict, evaluation: "EvaluationConfig") -> list[tuple[int, str]]:
+    """``(index, name)`` of the tasks of ``evaluation`` that ``cached`` (a record's ``tasks``) lacks at its ``limit``."""
+    return [(i, t) for i, t in enumerate(evaluation.tasks)
+            if t not in cached or cached[t].get("limit") != evaluation.limit]
 
 
 def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation: "EvaluationConfig",
@@ -112,8 +117,7 @@ def evaluate_run_checkpoint(run: "RunConfig", layout: "StudyLayout", evaluation:
     seq = run.train.seq_length
     rec = cached_results(files, tok_id, seq)
     cached = rec.get("tasks", {})
-    todo = [(i, t) for i, t in enumerate(evaluation.tasks)
-            if t not in cached or cached[t].get("limit") != evaluation.limit]
+    todo = _todo(cached, evaluation)
     rec = {"checkpoint": layout.relative(files.checkpoints), "step": step, "tokens": step * run.train.tokens_per_step,
            "summary_sha256": _sha(files.summary), "tokenizer": tok_id, "seq_length": seq, "tasks": dict(cached)}
     in_loop = read_json(files.summary).get("final_downstream") or {}
