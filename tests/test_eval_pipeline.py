@@ -181,6 +181,30 @@ def test_report_sections(study):
     assert shrink["source"] == "hq" and shrink["tokens"] == u["corpora"]["hq"]["tokens"]
 
 
+def test_unigram_section_one_row_per_mixture(study):
+    """Several runs of one mixture (budgets, seeds): the unigram section has one distribution per mixture, from its
+    run with the most training tokens, and the coverage table one row per source and mixture."""
+    import dataclasses
+
+    from megasynth.analysis.report_evaluation import unigram_section
+    from megasynth.analysis.results import metric_rows, read_results
+    from megasynth.study.runs import evaluate_runs
+
+    cfg, layout, _ = study
+    evaluate_runs(cfg, layout)
+    rows = metric_rows(read_results(layout.results), "loss")
+    # A shorter run of each mixture, listed first (as results.csv may list a branch before its trunk).
+    rows = [dataclasses.replace(r, run=r.run + "-short", tokens=r.tokens // 2) for r in rows] + rows
+    series = [(m, "llama3-micro", m) for m in MIXTURES]
+    md, _, u = unigram_section(cfg, layout, rows, series)
+    assert {m: x["run"] for m, x in u["mixtures"].items()} == {m: m for m in MIXTURES}
+    assert len(u["pairs"]) == 2 + len(MIXTURES)  # one eval set (wiki) x (sources sotu, hq + mixtures)
+    i = md.index("| training source or mixture | wiki: types / tokens / KL |")
+    table = md[i + 2:i + 2 + 2 + len(MIXTURES)]
+    assert [ln.split(" | ")[0].lstrip("| ") for ln in table] == ["sotu", "hq", *MIXTURES]
+    assert all(ln.count(" | ") == 1 for ln in table)
+
+
 def test_bad_input_one_line_exit_2(study, tmp_path, monkeypatch, capsys):
     """An unknown task, a task whose files are missing, an eval set with no tokens: one line naming the field."""
     import yaml

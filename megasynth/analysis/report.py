@@ -50,7 +50,7 @@ from megasynth.utils import (MegasynthError, Progress, atomic_path, is_done, mar
 
 logger = logging.getLogger("megasynth.analysis")
 
-REPORT_VERSION = 3
+REPORT_VERSION = 4
 """Bumped when the report's content or format changes, so reruns regenerate old reports."""
 
 LOSS_PLOT = "loss_vs_tokens.png"
@@ -428,11 +428,12 @@ def run_report(cfg: StudyConfig, layout: StudyLayout) -> None:
     from megasynth.analysis.cpt_laws import cpt_section
 
     cpt_rows = (complete_rows(all_rows)[0] if cfg.report.schedule_complete_only else all_rows)
-    cpt_md, cpt_files = cpt_section(cpt_rows, layout, plateau_gain=cfg.report.plateau_gain,
-                                    n_bootstrap=fit_opts["n_bootstrap"], ci_level=fit_opts["ci_level"], seed=cfg.seed,
-                                    study=cfg.name, loss=fit_opts["loss"], delta=fit_opts["delta"])
-    md += cpt_md
-    extra_files = extra_files + cpt_files
+    if cfg.base is not None or cfg.train.init_from is not None:  # continued training (SynthLLM's experiment)
+        cpt_md, cpt_files = cpt_section(cpt_rows, layout, plateau_gain=cfg.report.plateau_gain,
+                                        n_bootstrap=fit_opts["n_bootstrap"], ci_level=fit_opts["ci_level"],
+                                        seed=cfg.seed, study=cfg.name, loss=fit_opts["loss"], delta=fit_opts["delta"])
+        md += cpt_md
+        extra_files = extra_files + cpt_files
     from megasynth.analysis.synthllm_levels import level_section
 
     lvl_md, lvl_files = level_section(cpt_rows, layout, cfg.eval_sets)

@@ -186,23 +186,27 @@ def unigram_section(cfg: StudyConfig, layout: StudyLayout, rows: Sequence[Result
     counts = {n: U.count_unigrams(layout.tokenized_prefix(n), V or None) for n in (*train, *evals)}
     V = max(c.size for c in counts.values())
     counts = {n: U._pad(c, V) for n, c in counts.items()}
-    # Each run's expected training counts from its mixture file (realised shares, budget).
-    run_of: dict[str, tuple[str, str, str]] = {}
+    # One run per (mixture, preset): the one with the most training tokens (the largest budget, where the final
+    # evaluation saved per-token losses; the first seed on a tie). Its expected training counts come from the
+    # mixture file (realised shares, budget).
+    last: dict[tuple[str, str], ResultRow] = {}
     for r in rows:
-        run_of.setdefault(r.run, (r.mixture, r.preset, r.run))
-    label = {(m, p): lab for m, p, lab in series}
+        k = (r.mixture, r.preset)
+        if k not in last or r.tokens > last[k].tokens:
+            last[k] = r
     mix_counts: dict[str, np.ndarray] = {}
     mix_label: dict[str, str] = {}
-    for run, (mix, preset, _) in run_of.items():
+    for mix, preset, lab in series:
         path = layout.mixture(mix)
-        if not path.is_file() or (mix, preset) not in label:
+        if (mix, preset) not in last or not path.is_file():
             continue
+        run = last[(mix, preset)].run
         rec = read_json(path)
         shares = rec.get("realised_share") or rec.get("requested_share") or {}
         if not all(s in counts for s, r in shares.items() if r > 0):
             continue
         mix_counts[run] = U.expected_counts(counts, shares, float(rec.get("budget_tokens") or 0) or 1.0)
-        mix_label[run] = label[(mix, preset)]
+        mix_label[run] = lab
     k = tail_k(V)
     out: dict[str, Any] = {
         "vocab_size": V, "top_k": k, "rare_count": RARE_COUNT, "smoothing": 1.0,
@@ -270,7 +274,7 @@ def unigram_section(cfg: StudyConfig, layout: StudyLayout, rows: Sequence[Result
                 lines.append(f"- `{x['mixture']}` on `{x['eval']}`: types seen fewer than {RARE_COUNT} times are "
                              f"{x['rare_token_share']:.1%} of the eval tokens and carry {x['rare_loss_share']:.1%} "
                              f"of the loss (mean {_f(x['mean_loss_rare'], '.2f')} vs {_f(x['mean_loss_other'], '.2f')} "
-                             "nats)" + (f"; largest: {', '.join(repr(t['token']) for t in x['top'][:3] if t['token'])}"
+                             "nats)" + (f"; largest: {', '.join(_token_repr(t['token']) for t in x['top'][:3] if t['token'])}"
                                         if x["top"] else ""))
         if lines:
             md += ["", *lines]
@@ -293,16 +297,32 @@ def unigram_section(cfg: StudyConfig, layout: StudyLayout, rows: Sequence[Result
     return md, files, out
 
 
+def _token_repr(text: str) -> str:
+    """``repr`` of a token's text, with the bytes :func:`_decoder` escaped shown as one escape (``'\\xe2'``)."""
+    return repr(text).replace("\\\\x", "\\x")
+
+
 def _decoder(cfg: StudyConfig, layout: StudyLayout):
-    """``id -> token text`` with the study's tokenizer, or None when it cannot be loaded."""
+    """``id -> token text`` with the study's tokenizer, or None when it cannot be loaded. A byte-level token that
+    is part of a UTF-8 character shows its bytes escaped (``'\\xe2\\x80'``) instead of U+FFFD."""
     try:
+        from megasynth.data.llama3_bpe import _bytes_to_unicode
         from megasynth.data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(cfg.tokenizer, layout)
+        inv = tok.inv_vocab
     except Exception as e:  # noqa: BLE001 - decoding is cosmetic
         logger.info("unigram report: tokens not decoded (%s)", e)
         return None
-    return lambda i: tok.detokenize([i])
+    u2b = {c: b for b, c in _bytes_to_unicode().items()}
+
+    def decode(i: int) -> str:
+        s = inv.get(int(i))
+        if s is None or any(c not in u2b for c in s):  # special tokens
+            return tok.detokenize([i])
+        return bytes(u2b[c] for c in s).decode("utf-8", errors="backslashreplace")
+
+    return decode
 
 
 # --------------------------------------------------------------------------------------------------
