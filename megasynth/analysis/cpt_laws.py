@@ -286,10 +286,12 @@ def cpt_section(rows, layout, *, plateau_gain: float, n_bootstrap: int, ci_level
         for g in rec["groups"]:
             hs = {n: g["laws"].get(n, {}).get("holdout", {}).get("abs_error") for n in ("rectified", "power")}
             if None not in hs.values():
-                win = min(hs, key=hs.get)
-                better.append(f"- {g['mixture']} ({g['preset']}) on `{g['eval_set']}` ({g['metric']}): the {win} law "
-                              f"extrapolates better to D = {_tok(max(g['budgets']))} "
-                              f"({hs['rectified']:.4f} vs {hs['power']:.4f} absolute error).")
+                which = (f"the {min(hs, key=hs.get)} law extrapolates better"
+                         if not math.isclose(hs["rectified"], hs["power"], rel_tol=1e-6, abs_tol=1e-12)
+                         else "both laws extrapolate alike")
+                better.append(f"- {g['mixture']} ({g['preset']}) on `{g['eval_set']}` ({g['metric']}): {which} to "
+                              f"D = {_tok(max(g['budgets']))} (absolute error: rectified {hs['rectified']:.4f}, "
+                              f"power {hs['power']:.4f}).")
         md += ["", *better]
         _plot(layout.report_file(CPT_PLOT), rec["groups"], f"{study}: continued training, rectified vs power law")
         files.append(layout.report_file(CPT_PLOT))

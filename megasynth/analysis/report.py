@@ -50,7 +50,7 @@ from megasynth.utils import (MegasynthError, Progress, atomic_path, is_done, mar
 
 logger = logging.getLogger("megasynth.analysis")
 
-REPORT_VERSION = 4
+REPORT_VERSION = 5
 """Bumped when the report's content or format changes, so reruns regenerate old reports."""
 
 LOSS_PLOT = "loss_vs_tokens.png"

@@ -166,7 +166,12 @@ def report_section(cfg, layout: StudyLayout) -> list[str]:
         dn = r.get("distinct_n", {})
         md.append(f"| {lvl} | {r.get('requests', 0)} | {r.get('kept', 0)} | {fmt(dn.get('1'))} | {fmt(dn.get('2'))} "
                   f"| {fmt(dn.get('3'))} | {fmt(r.get('pairwise_jaccard_3gram'))} | {fmt(r.get('concept_coverage'))} "
-                  f"| {fmt(r.get('length_words', {}).get('median'))} |")
+                  f"| {_median_words(r.get('length_words', {}).get('median'))} |")
     md += ["", "Distinct-n: distinct/all word n-grams (higher = more diverse); Jaccard: mean over sampled pairs "
            "(lower = more diverse). Source: `synthetic/synthllm/manifest.json`.", ""]
     return md
+
+
+def _median_words(x) -> str:
+    """A median word count: a whole number without decimals, a half (the mean of two middle counts) with one."""
+    return "–" if x is None else f"{float(x):g}"
