@@ -288,3 +288,20 @@ def test_report_compares_generators_and_shows_decontamination(tmp_path):
     g = json.loads(layout.fit("generators").read_text())
     assert [x["generator"] for x in g["generators"]] == ["a", "b"]
     assert "## Decontamination" in text and "| sotu | natural | wiki | 10 | 1 | 3 |" in text
+
+
+def test_final_values_mean_over_seeds_at_the_largest_budget():
+    """The downstream table and the collapse checks take a (mixture, preset, eval set)'s value at its largest budget
+    as the mean over its runs (seeds), one value per run, like the held-out table; smaller budgets do not count."""
+    from megasynth.analysis.report_evaluation import final_values
+    from megasynth.analysis.results import ResultRow
+
+    def row(run, seed, tokens, value, metric="acc"):
+        return ResultRow(run=run, mixture="hq33", preset="llama3-tiny", n_params=10, n_params_non_embedding=5,
+                         tokens=tokens, synthetic_ratio=0.33, eval_set="piqa", loss=value, seed=seed, metric=metric)
+
+    rows = [row("s1_big", 1, 400, 0.50), row("s1_small", 1, 200, 0.90), row("s2_big", 2, 400, 0.60),
+            row("s2_big", 2, 400, 0.70),  # the run's last row at that budget counts, once
+            row("s3_big", 3, 400, 9.0, metric="bpb")]
+    assert final_values(rows, "acc") == {("hq33", "llama3-tiny", "piqa"): (400, pytest.approx(0.60))}
+    assert final_values(rows, "bpb") == {("hq33", "llama3-tiny", "piqa"): (400, 9.0)}

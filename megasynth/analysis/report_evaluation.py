@@ -73,15 +73,19 @@ def _tokens(n: float) -> str:
 
 
 def final_values(rows: Sequence[ResultRow], metric: str) -> dict[tuple[str, str, str], tuple[int, float]]:
-    """``{(mixture, preset, eval_set): (tokens, value)}`` of ``metric`` at each run's largest budget."""
-    out: dict[tuple[str, str, str], tuple[int, float]] = {}
+    """``{(mixture, preset, eval_set): (tokens, value)}``: ``metric`` at the largest budget of each (mixture, preset,
+    eval set), the mean over its runs there (seeds; one value per run, its last row), as the held-out table takes it."""
+    last: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}
     for r in rows:
         if r.metric != metric:
             continue
         key = (r.mixture, r.preset, r.eval_set)
-        if key not in out or r.tokens >= out[key][0]:
-            out[key] = (r.tokens, r.loss)
-    return out
+        tokens, per_run = last.get(key, (-1, {}))
+        if r.tokens > tokens:
+            last[key] = (r.tokens, {r.run: r.loss})
+        elif r.tokens == tokens:
+            per_run[r.run] = r.loss
+    return {k: (t, float(np.mean(list(v.values())))) for k, (t, v) in last.items()}
 
 
 # --------------------------------------------------------------------------------------------------
