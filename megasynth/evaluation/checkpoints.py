@@ -61,19 +61,25 @@ def cached_results(files: "RunLayout", tokenizer_id: Optional[str] = None, seq_l
 
     ``tokenizer_id`` / ``seq_length``: when given, a record made with others is stale.
     """
-    if not files.downstream_dir.is_dir():  # (also: runs from before the cache existed)
-        return {}
-    path = files.downstream(final_step(files))
-    if not path.is_file():
-        return {}
-    rec = read_json(path)
-    if not isinstance(rec, dict) or rec.get("summary_sha256") != _sha(files.summary):
-        return {}
+    rec = _current_record(files, files.downstream_dir, files.downstream)
     if tokenizer_id is not None and rec.get("tokenizer") != tokenizer_id:
         return {}
     if seq_length is not None and rec.get("seq_length") != seq_length:
         return {}
     return rec
+
+
+def _current_record(files: "RunLayout", directory: Path, path_of) -> dict:
+    """The JSON record ``path_of(final step)`` in ``directory`` when it was made from the run's current training
+    (its ``summary_sha256`` is that of ``summary.json``), else ``{}`` (also when ``directory`` does not exist: runs
+    from before the cache)."""
+    if not directory.is_dir():
+        return {}
+    path = path_of(final_step(files))
+    if not path.is_file():
+        return {}
+    rec = read_json(path)
+    return rec if isinstance(rec, dict) and rec.get("summary_sha256") == _sha(files.summary) else {}
 
 
 def missing_tasks(files: "RunLayout", evaluation: "EvaluationConfig") -> list[str]:
@@ -177,15 +183,7 @@ def cached_math(files: "RunLayout") -> dict:
     {settings: {limit, max_new_tokens, max_model_len, dtype}, rows: [{task, metric, value, level, n}], samples,
     seconds}}}``.
     """
-    if not files.math_dir.is_dir():
-        return {}
-    path = files.math(final_step(files))
-    if not path.is_file():
-        return {}
-    rec = read_json(path)
-    if not isinstance(rec, dict) or rec.get("summary_sha256") != _sha(files.summary):
-        return {}
-    return rec
+    return _current_record(files, files.math_dir, files.math)
 
 
 def missing_math_tasks(files: "RunLayout", evaluation: "EvaluationConfig") -> list[str]:
