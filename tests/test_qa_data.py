@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import PROSE, build_tiny_hf_tokenizer
-from megasynth.utils import MegasynthError
+from megasynth.utils import MegasynthError, mark_done, write_json
 
 SEQ = 48
 
@@ -33,6 +33,20 @@ def bpe(tmp_path_factory):
 def _write_jsonl(path: Path, records) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def _write_synthllm_source(layout, copies: int, levels=None) -> list[dict]:
+    """A finished ``synthllm`` source (one shard, marked manifest) of ``copies`` x :data:`QA`, levels 1, 2, 3 in
+    turn; ``levels(records)``: the manifest's per-level block. Returns the records."""
+    d = layout.synthetic_dir("synthllm")
+    d.mkdir(parents=True)
+    recs = [{"id": f"synthllm-{i}", "text": f"Question: {r['question']}\n\nAnswer: {r['answer']}", "level": 1 + i % 3,
+             "question": r["question"], "answer": r["answer"]} for i, r in enumerate(QA * copies)]
+    _write_jsonl(d / "shard-00000.jsonl", recs)
+    write_json(d / "manifest.json", {"style": "synthllm", "shards": ["shard-00000.jsonl"],
+                                     **({"levels": levels(recs)} if levels else {})})
+    mark_done(d / "manifest.json")
+    return recs
 
 
 def _runs(mask: torch.Tensor):
@@ -172,7 +186,6 @@ def test_synthllm_source_is_question_answer_data_in_the_study(tmp_path):
     from megasynth.data.qa import loss_mask_prefix
     from megasynth.data.tokenizer import load_tokenizer
     from megasynth.layout import StudyLayout
-    from megasynth.utils import mark_done, write_json
 
     _write_jsonl(tmp_path / "toy.jsonl", [{"id": f"d{i}", "text": " ".join(PROSE[i:] + PROSE[:i]) * 2}
                                           for i in range(len(PROSE))])
@@ -188,13 +201,8 @@ def test_synthllm_source_is_question_answer_data_in_the_study(tmp_path):
     cfg = StudyConfig.from_dict(data)
     layout = StudyLayout.of(cfg.study_dir)
     run_corpora(cfg, layout)
+    recs = _write_synthllm_source(layout, 3)
     d = layout.synthetic_dir("synthllm")
-    d.mkdir(parents=True)
-    recs = [{"id": f"synthllm-{i}", "text": f"Question: {r['question']}\n\nAnswer: {r['answer']}", "level": 1 + i % 3,
-             "question": r["question"], "answer": r["answer"]} for i, r in enumerate(QA * 3)]
-    _write_jsonl(d / "shard-00000.jsonl", recs)
-    write_json(d / "manifest.json", {"style": "synthllm", "shards": ["shard-00000.jsonl"]})
-    mark_done(d / "manifest.json")
     run_preprocess(cfg, layout)
     prefix = layout.tokenized_prefix("synthllm")
     stats = json.loads(layout.tokenized_stats("synthllm").read_text())
@@ -239,7 +247,6 @@ def test_synthllm_level_sources_split_by_level(tmp_path):
     from megasynth.data.mixtures import run_mix
     from megasynth.data.preprocess import preprocess_done, run_preprocess
     from megasynth.layout import StudyLayout
-    from megasynth.utils import mark_done, write_json
 
     _write_jsonl(tmp_path / "toy.jsonl", [{"id": f"d{i}", "text": " ".join(PROSE[i:] + PROSE[:i]) * 2}
                                           for i in range(len(PROSE))])
@@ -262,15 +269,12 @@ def test_synthllm_level_sources_split_by_level(tmp_path):
         StudyConfig.from_dict({**data, "generation": {"styles": [], "synthllm": {"enabled": True}}})
     layout = StudyLayout.of(cfg.study_dir)
     run_corpora(cfg, layout)
-    d = layout.synthetic_dir("synthllm")
-    d.mkdir(parents=True)
-    recs = [{"id": f"synthllm-{i}", "text": f"Question: {r['question']}\n\nAnswer: {r['answer']}", "level": 1 + i % 3,
-             "question": r["question"], "answer": r["answer"]} for i, r in enumerate(QA * 4)]
-    _write_jsonl(d / "shard-00000.jsonl", recs)
-    levels = {str(k): {"kept": sum(r["level"] == k for r in recs), "distinct_n": {"2": 0.5 + 0.1 * k},
-                       "pairwise_jaccard_3gram": 0.1 / k, "concept_coverage": 0.2 * k} for k in (1, 2, 3)}
-    write_json(d / "manifest.json", {"style": "synthllm", "shards": ["shard-00000.jsonl"], "levels": levels})
-    mark_done(d / "manifest.json")
+    def levels_of(recs):
+        return {str(k): {"kept": sum(r["level"] == k for r in recs), "distinct_n": {"2": 0.5 + 0.1 * k},
+                         "pairwise_jaccard_3gram": 0.1 / k, "concept_coverage": 0.2 * k} for k in (1, 2, 3)}
+
+    recs = _write_synthllm_source(layout, 4, levels_of)
+    levels = levels_of(recs)
     run_preprocess(cfg, layout)
     all_stats = json.loads(layout.tokenized_stats("synthllm").read_text())
     per = {k: json.loads(layout.tokenized_stats(f"synthllm-l{k}").read_text()) for k in (1, 2, 3)}
