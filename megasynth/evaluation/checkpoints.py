@@ -188,9 +188,13 @@ def cached_math(files: "RunLayout") -> dict:
 
 def missing_math_tasks(files: "RunLayout", evaluation: "EvaluationConfig") -> list[str]:
     """Tasks of ``evaluation.math_tasks`` without a current cached result (same settings) for the final checkpoint."""
-    tasks = cached_math(files).get("tasks", {})
+    return _math_todo(cached_math(files).get("tasks", {}), evaluation)
+
+
+def _math_todo(cached: dict, evaluation: "EvaluationConfig") -> list[str]:
+    """The tasks of ``evaluation.math_tasks`` that ``cached`` (a record's ``tasks``) lacks at the current settings."""
     want = _math_settings(evaluation)
-    return [t for t in evaluation.math_tasks if t not in tasks or tasks[t].get("settings") != want]
+    return [t for t in evaluation.math_tasks if t not in cached or cached[t].get("settings") != want]
 
 
 def hf_tokenizer_dir(run: "RunConfig", layout: "StudyLayout") -> Path:
@@ -262,7 +266,7 @@ def evaluate_run_math(run: "RunConfig", layout: "StudyLayout", evaluation: "Eval
     step = final_step(files)
     evaluation.validate("evaluation")
     rec = cached_math(files)
-    todo = missing_math_tasks(files, evaluation)
+    todo = _math_todo(rec.get("tasks", {}), evaluation)
     rec = {"checkpoint": layout.relative(files.checkpoints), "step": step, "tokens": step * run.train.tokens_per_step,
            "summary_sha256": _sha(files.summary), "hf_model": rec.get("hf_model"), "tasks": dict(rec.get("tasks", {}))}
     if not todo:
