@@ -198,11 +198,10 @@ def _tok(n: Optional[float]) -> str:
 
 
 def _plot(path: Path, groups: list[dict], title: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from megasynth.analysis.laws import DataLawFit, RectifiedLawFit
-    from megasynth.utils import atomic_path
+    from megasynth.analysis.plots import _save
 
     ncols = min(len(groups), 2)
     nrows = math.ceil(len(groups) / ncols)
@@ -232,9 +231,7 @@ def _plot(path: Path, groups: list[dict], title: str) -> None:
     for ax in axes[len(groups):]:
         ax.set_visible(False)
     fig.suptitle(title)
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    _save(fig, path)
 
 
 def cpt_section(rows, layout, *, plateau_gain: float, n_bootstrap: int, ci_level: float, seed: int,

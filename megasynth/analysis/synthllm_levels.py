@@ -12,11 +12,10 @@ import json
 import math
 from pathlib import Path
 
+from megasynth.analysis.cpt_laws import CPT_TARGETS
 from megasynth.config.data import SYNTHLLM_LEVEL_SOURCES, synthllm_level
 from megasynth.utils import write_json
 
-MATH_COLUMNS = (("gsm8k_bpb", "bpb"), ("minerva_math_500_bpb", "bpb"), ("minerva_math_500", "math_error"),
-                ("gsm8k", "gsm8k_error"))
 
 
 def level_runs(rows) -> dict[tuple[str, str], dict]:
@@ -55,7 +54,7 @@ def level_section(rows, layout, heldout: list[str]) -> tuple[list[str], list[Pat
             levels = {}
     present = {k for s in series.values() for k in s["values"]}
     cols = [(es, m) for es in heldout for m in ("loss", "bpb") if (es, m) in present]
-    cols += [c for c in MATH_COLUMNS if c in present]
+    cols += [c for c in CPT_TARGETS if c in present]
     out = {"runs": [], "columns": [f"{es}:{m}" for es, m in cols]}
     header = ["level", "mixture (preset)", "synthetic share", "D", *[f"{es} {m}" for es, m in cols], "kept records",
               "distinct-2", "3-gram Jaccard", "concept coverage"]
